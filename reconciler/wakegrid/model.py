@@ -66,7 +66,9 @@ _TOKEN_ID_RE = re.compile(r"^[^@!\s]+@[^@!\s]+![A-Za-z][A-Za-z0-9._-]*$")
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; not starting with '_.-')")
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.' and '-', starting with a letter or digit)"
+        )
     return value
 
 
@@ -457,6 +459,8 @@ class FleetError(ValueError):
 def format_path(loc: tuple[str | int, ...]) -> str:
     text = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for an invalid mapping key: the key is already in the path
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
         else:
