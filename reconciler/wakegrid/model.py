@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo
 
 from wakegrid.secret import Secret
 from wakegrid.yamlsource import YamlDocument, YamlSyntaxError, load_yaml
@@ -189,8 +189,13 @@ def _days(value: Any) -> list[str]:
     return sorted(days, key=WEEKDAYS.index)
 
 
-def _secret(value: Any) -> Secret:
-    return Secret.parse(value)
+def _secret(value: Any, info: ValidationInfo) -> Secret:
+    secret = Secret.parse(value)
+    base_dir = (info.context or {}).get("base_dir")
+    if secret.file and base_dir and not Path(secret.file).expanduser().is_absolute():
+        # Relative secret files live beside the fleet file, wherever the command runs from.
+        return Secret(file=str(Path(base_dir) / secret.file))
+    return secret
 
 
 Name = Annotated[str, BeforeValidator(_name)]
@@ -387,6 +392,15 @@ class Fleet(_Strict):
         site = self.site_of(name)
         return self.sites[site].gateway if site in self.sites else None
 
+    def wol_of(self, name: str) -> Wol:
+        """Wake-on-LAN settings with defaults filled in: broadcast on the site LAN, else everywhere."""
+        own = self.nodes[name].wol or Wol()
+        if own.broadcast is not None:
+            return own
+        lan = self.sites[self.site_of(name)].lan if self.site_of(name) in self.sites else None
+        broadcast = str(ipaddress.ip_network(lan).broadcast_address) if lan else "255.255.255.255"
+        return own.model_copy(update={"broadcast": broadcast})
+
     def confirm_shutdown(self, name: str) -> bool:
         node = self.nodes[name]
         return node.kind == "machine" if node.confirm_shutdown is None else node.confirm_shutdown
@@ -519,18 +533,19 @@ def load_fleet(path: str | Path) -> Fleet:
         text = path.read_text()
     except OSError as exc:
         raise FleetError(str(path), [Problem("", f"cannot read the fleet file: {exc.strerror}")]) from None
-    return parse_fleet(text, source=str(path))
+    return parse_fleet(text, source=str(path), base_dir=path.resolve().parent)
 
 
-def parse_fleet(text: str, source: str = "<fleet>") -> Fleet:
+def parse_fleet(text: str, source: str = "<fleet>", base_dir: str | Path | None = None) -> Fleet:
+    """Validate fleet YAML; relative secret files resolve against ``base_dir``."""
     try:
         document = load_yaml(text)
     except YamlSyntaxError as exc:
         raise FleetError(source, [Problem("", f"invalid YAML: {exc}", exc.line)]) from None
-    return validate_document(document, source)
+    return validate_document(document, source, base_dir)
 
 
-def validate_document(document: YamlDocument, source: str) -> Fleet:
+def validate_document(document: YamlDocument, source: str, base_dir: str | Path | None = None) -> Fleet:
     problems = [
         Problem(format_path(path), f"duplicate key (first defined on line {first})", line)
         for path, line, first in document.duplicates
@@ -539,7 +554,7 @@ def validate_document(document: YamlDocument, source: str) -> Fleet:
         problems.append(Problem("", "the fleet file must be a mapping (edge, sites, nodes, …)", 1))
         raise FleetError(source, problems)
     try:
-        fleet = Fleet.model_validate(document.data)
+        fleet = Fleet.model_validate(document.data, context={"base_dir": base_dir})
     except ValidationError as exc:
         for error in exc.errors():
             loc = tuple(error["loc"])

@@ -85,7 +85,7 @@ class Secret:
                 raise SecretError(f"environment variable {self.env} is not set") from None
         if self._file is not None:
             try:
-                return Path(self._file).expanduser().read_text().strip()
+                return Path(self._file).expanduser().read_text().rstrip()  # as Ansible's file lookup
             except OSError as exc:
                 raise SecretError(f"cannot read secret file {self._file}: {exc.strerror}") from None
         return _decrypt_vault(self._vault.ciphertext)  # type: ignore[union-attr]

@@ -1,0 +1,228 @@
+"""The Docker-in-guest recipe (wakegrid.lab.dind) against a real Docker Engine.
+
+A guest built from the lab host image with exactly ``dind.create_kwargs`` + ``dind.guest_files``
+must: serve the Engine API on TCP 2375 to the lab network quickly, take an image without a
+registry (save | load), run a container whose published port answers a peer on the lab
+network, keep it in the guest's own cgroup, and take it down with it (clean stop and power cut),
+then bring it back at the next boot.
+
+Needs root, Docker Engine, the lab host image (``wakegrid lab up`` builds it) and a static busybox.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import ipaddress
+import os
+import random
+import struct
+import tarfile
+import time
+import uuid
+
+import pytest
+
+docker = pytest.importorskip("docker")
+
+from wakegrid.lab import dind  # noqa: E402
+
+pytestmark = pytest.mark.lab
+
+LABEL = "wakegrid.test"
+RUN_ID = f"dind-{uuid.uuid4().hex[:8]}"
+HOST_IMAGE_REPO = "wakegrid-lab/host"
+
+
+def _lab_host_image(client) -> str | None:
+    tags = [tag for image in client.images.list(name=HOST_IMAGE_REPO) for tag in image.tags]
+    return sorted(tags)[-1] if tags else None
+
+
+def _is_static_elf64(path: str) -> bool:
+    """No PT_INTERP program header: the binary runs in an image without a libc."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:5] != b"\x7fELF\x02":
+        return False
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
+
+
+def _static_busybox() -> str | None:
+    return next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p) and _is_static_elf64(p)), None)
+
+
+@pytest.fixture(scope="module")
+def client():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"needs a Docker Engine: {exc}")
+    if _static_busybox() is None:
+        pytest.skip("needs a static busybox: apt-get install busybox-static")
+    yield client
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
+        container.remove(force=True, v=True)
+    for volume in client.volumes.list(filters={"label": f"{LABEL}={RUN_ID}"}):
+        volume.remove(force=True)
+    for network in client.networks.list(filters={"label": f"{LABEL}={RUN_ID}"}):
+        network.remove()
+    for image in client.images.list(filters={"label": f"{LABEL}={RUN_ID}"}):
+        client.images.remove(image.id, force=True)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def host_image(client) -> str:
+    image = _lab_host_image(client)
+    if image is None:
+        pytest.skip(f"needs the lab host image ({HOST_IMAGE_REPO}:*); `wakegrid lab up` builds it")
+    return image
+
+
+@pytest.fixture(scope="module")
+def busybox(client) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(_static_busybox(), arcname="bin/busybox")
+    client.api.import_image_from_data(
+        buffer.getvalue(), repository="wakegrid-test/busybox", tag=RUN_ID, changes=[f"LABEL {LABEL}={RUN_ID}"]
+    )
+    return f"wakegrid-test/busybox:{RUN_ID}"
+
+
+@pytest.fixture(scope="module")
+def lan(client):
+    for n in random.sample(range(100, 250), 20):
+        subnet = ipaddress.ip_network(f"10.239.{n}.0/24")
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+        try:
+            return client.networks.create(
+                f"{RUN_ID}-lan", driver="bridge", internal=True, ipam=ipam, labels={LABEL: RUN_ID}
+            )
+        except docker.errors.APIError as exc:
+            if "overlap" not in str(exc).lower():
+                raise
+    pytest.fail("no free 10.239.N.0/24 for the test LAN")
+
+
+def _tar(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, content in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = predicate()
+        except Exception:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _inner_client(address: str):
+    inner = docker.DockerClient(base_url=f"tcp://{address}:{dind.DOCKER_API_PORT}", timeout=60)
+    inner.ping()
+    return inner
+
+
+def _host_pids_of(guest_id: str, inner_id: str) -> list[int]:
+    """Host PIDs of an inner container, found where it must be: in the guest's own cgroup."""
+    scopes = glob.glob(f"/sys/fs/cgroup/memory/docker/{guest_id}/**/docker-{inner_id}.scope", recursive=True)
+    assert scopes, f"inner container {inner_id[:12]} is not nested in the guest's cgroup"
+    with open(os.path.join(scopes[0], "cgroup.procs")) as handle:
+        return [int(line) for line in handle if line.strip()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _http_get_from_peer(client, busybox: str, lan, address: str, port: int) -> str:
+    """An HTTP GET from another host of the lab network (busybox nc: no resolver needed)."""
+    output = client.containers.run(
+        busybox,
+        ["/bin/busybox", "sh", "-c", f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 3 {address} {port}'],
+        network=lan.name,
+        labels={LABEL: RUN_ID},
+        remove=True,
+    )
+    return output.decode(errors="replace")
+
+
+def test_docker_engine_in_a_guest_serves_the_lab_and_dies_with_it(client, host_image, busybox, lan):
+    volume = client.volumes.create(f"{RUN_ID}-docker", labels={LABEL: RUN_ID})
+    guest = client.containers.create(
+        **dind.create_kwargs(
+            image=host_image, name=f"{RUN_ID}-vm-docker", network=lan.name, data_volume=volume.name,
+            labels={LABEL: RUN_ID},
+        )
+    )  # fmt: skip
+    # The page the inner web server serves, and the guest's Docker config, before the first boot.
+    guest.put_archive("/", _tar({**dind.guest_files(), "/srv/www/index.html": "hello from vm-docker\n"}))
+    guest.start()
+    guest.reload()
+    address = guest.attrs["NetworkSettings"]["Networks"][lan.name]["IPAddress"]
+    _wait(lambda: guest.exec_run(["systemctl", "is-system-running"]).output.strip() in (b"running", b"degraded"),
+          30, "systemd in the guest")  # fmt: skip
+
+    started = time.monotonic()
+    result = guest.exec_run(["systemctl", "enable", "--now", *dind.GUEST_UNITS])
+    assert result.exit_code == 0, result.output.decode()
+    inner = _wait(lambda: _inner_client(address), 30, "the guest's Docker API on TCP")
+    # without "tls": false, dockerd 20.10 sleeps 15 s before serving plain TCP
+    assert time.monotonic() - started < 10, "dockerd took too long to serve TCP"
+
+    info = inner.info()
+    assert info["Driver"] == "overlay2"
+    assert info["CgroupDriver"] == "systemd"
+
+    # No registry: docker save on the lab's engine, load into the guest's.
+    inner.images.load(b"".join(client.images.get(busybox).save(named=True)))
+    web = inner.containers.run(
+        busybox, ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/srv/www"], name="web", init=True,
+        ports={"80/tcp": 8080}, volumes={"/srv/www": {"bind": "/srv/www", "mode": "ro"}},
+        restart_policy={"Name": "unless-stopped"}, detach=True,
+    )  # fmt: skip
+    reply = _wait(lambda: _http_get_from_peer(client, busybox, lan, address, 8080), 10, "the published port")
+    assert "hello from vm-docker" in reply
+
+    # Clean power-off of the guest: the inner container goes with it.
+    pids = _host_pids_of(guest.id, web.id)
+    assert pids and all(_alive(pid) for pid in pids)
+    inner.close()
+    guest.stop(timeout=dind.GUEST_STOP_TIMEOUT)
+    assert not any(_alive(pid) for pid in pids)
+
+    # Power on again: images and containers were on the volume, the restart policy brings web back.
+    guest.start()
+    inner = _wait(lambda: _inner_client(address), 40, "the guest's Docker API after a reboot")
+    _wait(lambda: inner.containers.get("web").status == "running", 20, "web to restart with its guest")
+    reply = _wait(lambda: _http_get_from_peer(client, busybox, lan, address, 8080), 10, "the published port")
+    assert "hello from vm-docker" in reply
+
+    # Power cut (SIGKILL to the guest's systemd): the inner container dies too.
+    pids = _host_pids_of(guest.id, inner.containers.get("web").id)
+    inner.close()
+    guest.kill()
+    _wait(lambda: not any(_alive(pid) for pid in pids), 5, "inner processes to die with the guest")

@@ -1,0 +1,439 @@
+"""The lab's Proxmox VE emulator against real parts: real proxmoxer over HTTPS, real Docker containers as guests.
+
+Two emulators (pve1, pve2) share one cluster directory, like two nodes sharing /etc/pve. They run
+as loose scripts with ``python -I -S`` (no site-packages), as they will inside lab hosts that only
+have Debian's python3. The tests share that one cluster and run in file order (SIGTERM last).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from proxmoxer import ProxmoxAPI, ResourceException
+from proxmoxer.core import AuthenticationError
+from proxmoxer.tools import Tasks
+
+from wakegrid.lab import pve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pve_support as support  # the helper next to this file, whatever the rootdir or import mode
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_DIR = REPO / "reconciler" / "wakegrid" / "lab"
+
+pytestmark = pytest.mark.lab
+
+TOKEN_USER, TOKEN_NAME = "root@pam", "wakegrid"
+
+
+def _docker_available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to drive the Docker Engine"
+    try:
+        res = support.docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker CLI unusable: {exc}"
+    if res.returncode != 0:
+        return f"Docker Engine unavailable: {res.stderr.strip()[:200]}"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """Two emulator processes and their guests; ``api()``/``password_api()`` give proxmoxer clients."""
+
+    def __init__(self, root: Path, image: str):
+        self.root = root
+        self.run_id = uuid.uuid4().hex[:8]
+        self.secret = secrets.token_hex(16)
+        self.password = secrets.token_hex(8)
+        self.ports = {"pve1": _free_port(), "pve2": _free_port()}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.image = image
+        self.dir = root / "etc-pve"
+
+    def container(self, vmid: int) -> str:
+        return f"wg-pve-{self.run_id}-{vmid}"
+
+    def build(self) -> None:
+        nodes = {name: {"ip": "127.0.0.1", "port": port} for name, port in self.ports.items()}
+        pve.init_cluster(
+            self.dir,
+            "wakegrid-test",
+            nodes,
+            tokens={f"{TOKEN_USER}!{TOKEN_NAME}": self.secret},
+            users={"root@pam": self.password},
+        )
+        guests = [
+            # vmid, type, node, running now, onboot, mounts
+            (201, "lxc", "pve1", False, 1, {}),  # started by the node's onboot at boot
+            (202, "lxc", "pve1", False, 0, {"mp0": {"volume": "/srv/media", "mp": "/media", "bind": True}}),
+            (101, "qemu", "pve1", False, 0, {}),
+            (301, "lxc", "pve2", True, 0, {}),
+        ]
+        for vmid, kind, node, running, onboot, mounts in guests:
+            support.create_guest_container(self.image, self.container(vmid), self.run_id, running)
+            pve.write_guest(
+                self.dir,
+                vmid,
+                type=kind,
+                node=node,
+                name=f"guest{vmid}",
+                container=self.container(vmid),
+                onboot=onboot,
+                mounts=mounts,
+                tags="lab;test",
+                maxmem=256 * 1024 * 1024,
+                cpus=2,
+            )
+
+    def start(self, node: str) -> None:
+        logfile = (self.root / f"{node}.log").open("w")
+        # -I -S: no site-packages, the loose file next to engine.py, as inside a lab host
+        cmd = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(LAB_DIR / "pve.py"),
+            "--node",
+            node,
+            "--cluster-dir",
+            str(self.dir),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.ports[node]),
+            "--migrate-delay",
+            "1.5",
+            "--stop-timeout",
+            "5",
+            "--log-level",
+            "DEBUG",
+        ]
+        self.procs[node] = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.procs[node].poll() is None, self.log(node)
+            try:
+                requests.get(f"https://127.0.0.1:{self.ports[node]}/api2/json/version", verify=False, timeout=2)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f"emulator {node} did not come up:\n{self.log(node)}")
+
+    def log(self, node: str) -> str:
+        return (self.root / f"{node}.log").read_text()
+
+    def api(self, node: str = "pve1") -> ProxmoxAPI:
+        return ProxmoxAPI(
+            "127.0.0.1",
+            port=self.ports[node],
+            user=TOKEN_USER,
+            token_name=TOKEN_NAME,
+            token_value=self.secret,
+            verify_ssl=False,
+            service="PVE",
+        )
+
+    def password_api(self, node: str = "pve1") -> ProxmoxAPI:
+        return ProxmoxAPI("127.0.0.1", port=self.ports[node], user="root@pam", password=self.password, verify_ssl=False)
+
+    def url(self, node: str, path: str) -> str:
+        return f"https://127.0.0.1:{self.ports[node]}/api2/json{path}"
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        support.remove_test_containers(self.run_id)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = _docker_available()
+    if reason:
+        pytest.skip(reason)
+    image = support.ensure_guest_image()
+    lab = Cluster(tmp_path_factory.mktemp("pve"), image)
+    try:
+        lab.build()
+        lab.start("pve1")
+        lab.start("pve2")
+        yield lab
+    finally:
+        lab.stop_all()
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def run_task(api: ProxmoxAPI, upid: str) -> tuple[dict, str]:
+    """Wait for a task with proxmoxer's own helper; return its final status and its whole log."""
+    status = Tasks.blocking_status(api, upid, timeout=60, polling_interval=0.2)
+    assert status is not None, f"task {upid} did not finish"
+    node = Tasks.decode_upid(upid)["node"]
+    lines = api.nodes(node).tasks(upid).log.get(limit=0)
+    return status, Tasks.decode_log(lines)
+
+
+def expect_error(call, status: int) -> ResourceException:
+    with pytest.raises(ResourceException) as info:
+        call()
+    assert info.value.status_code == status, info.value
+    return info.value
+
+
+# --------------------------------------------------------------------------- discovery and auth
+
+
+def test_nodes_and_cluster_resources(cluster):
+    api = cluster.api()
+    nodes = {n["node"]: n for n in api.nodes.get()}
+    assert nodes["pve1"]["status"] == nodes["pve2"]["status"] == "online"
+    assert nodes["pve1"]["id"] == "node/pve1" and nodes["pve1"]["maxmem"] > 0
+
+    # onboot=1: the node started guest 201 when it came up, in a "startall" task
+    wait_for(lambda: support.container_running(cluster.container(201)))
+    resources = {r["id"]: r for r in api.cluster.resources.get(type="vm")}
+    assert set(resources) == {"lxc/201", "lxc/202", "qemu/101", "lxc/301"}
+    ct = resources["lxc/201"]
+    assert (ct["type"], ct["vmid"], ct["node"], ct["name"], ct["tags"]) == ("lxc", 201, "pve1", "guest201", "lab;test")
+    assert ct["status"] == "running" and ct["maxmem"] == 256 * 1024 * 1024 and ct["maxcpu"] == 2
+    assert resources["qemu/101"]["status"] == "stopped"
+    assert resources["lxc/301"]["node"] == "pve2" and resources["lxc/301"]["status"] == "running"
+
+    lxc = {g["vmid"]: g for g in api.nodes("pve1").lxc.get()}
+    assert set(lxc) == {201, 202} and lxc[201]["status"] == "running" and lxc[201]["uptime"] >= 0
+    assert [g["vmid"] for g in api.nodes("pve1").qemu.get()] == [101]
+    # a request for another node is forwarded to it, like pveproxy does
+    assert [g["vmid"] for g in api.nodes("pve2").lxc.get()] == [301]
+    assert api.nodes("pve2").status.get()["pveversion"].startswith("pve-manager/")
+
+    startall = [t for t in api.nodes("pve1").tasks.get(source="all") if t["type"] == "startall"]
+    assert startall and startall[0]["user"] == "root@pam"
+
+
+def test_password_auth_ticket_and_csrf(cluster):
+    api = cluster.password_api()
+    assert {n["node"] for n in api.nodes.get()} == {"pve1", "pve2"}
+    ticket, csrf = api.get_tokens()
+    assert ticket.startswith("PVE:root@pam:") and csrf
+
+    # a write with the ticket cookie but without the CSRF token is refused, with it accepted
+    cookies = {"PVEAuthCookie": ticket}
+    url = cluster.url("pve1", "/nodes/pve1/qemu/101/status/stop")
+    resp = requests.post(url, cookies=cookies, verify=False, timeout=10)
+    assert resp.status_code == 401 and "csrf" in resp.reason.lower()
+    resp = requests.post(url, cookies=cookies, headers={"CSRFPreventionToken": csrf}, verify=False, timeout=10)
+    assert resp.status_code == 200 and resp.json()["data"].startswith("UPID:pve1:")
+    run_task(cluster.api(), resp.json()["data"])
+
+
+def test_missing_or_bad_credentials_are_401(cluster):
+    resp = requests.get(cluster.url("pve1", "/nodes"), verify=False, timeout=10)
+    assert resp.status_code == 401 and resp.json() == {"data": None}
+    bad = ProxmoxAPI(
+        "127.0.0.1",
+        port=cluster.ports["pve1"],
+        user=TOKEN_USER,
+        token_name=TOKEN_NAME,
+        token_value="not-the-secret",
+        verify_ssl=False,
+    )
+    expect_error(lambda: bad.nodes.get(), 401)
+    bad_ticket = requests.get(
+        cluster.url("pve1", "/nodes"), cookies={"PVEAuthCookie": "PVE:root@pam:00000000::x"}, verify=False, timeout=10
+    )
+    assert bad_ticket.status_code == 401
+    with pytest.raises(AuthenticationError):
+        ProxmoxAPI("127.0.0.1", port=cluster.ports["pve1"], user="root@pam", password="wrong", verify_ssl=False)
+
+
+# --------------------------------------------------------------------------- power
+
+
+def test_lxc_shutdown_start_stop(cluster):
+    api = cluster.api()
+    ct = api.nodes("pve1").lxc(201)
+    name = cluster.container(201)
+    wait_for(lambda: support.container_running(name))
+    current = ct.status.current.get()
+    assert current["status"] == "running" and current["type"] == "lxc" and current["mem"] >= 0
+    assert "lock" not in current and current["ha"] == {"managed": 0}
+
+    upid = ct.status.shutdown.post(timeout=10)
+    decoded = Tasks.decode_upid(upid)
+    assert (decoded["node"], decoded["type"], decoded["id"], decoded["user"]) == (
+        "pve1",
+        "vzshutdown",
+        "201",
+        "root@pam",
+    )
+    assert upid.endswith(f":{TOKEN_USER}!{TOKEN_NAME}:")
+    first = api.nodes("pve1").tasks(upid).status.get()
+    assert first["status"] in ("running", "stopped") and first["upid"] == upid and first["type"] == "vzshutdown"
+    status, text = run_task(api, upid)
+    assert status["exitstatus"] == "OK" and text.endswith("TASK OK")
+    assert not support.container_running(name) and ct.status.current.get()["status"] == "stopped"
+
+    # PVE refuses at once (no task) what cannot apply
+    err = expect_error(lambda: ct.status.stop.post(), 500)
+    assert err.content == "CT 201 not running"
+
+    status, _ = run_task(api, ct.status.start.post())
+    assert status["exitstatus"] == "OK" and support.container_running(name)
+    assert expect_error(lambda: ct.status.start.post(), 500).content == "CT 201 already running"
+
+    status, _ = run_task(api, ct.status.stop.post())
+    assert status["exitstatus"] == "OK" and not support.container_running(name)
+    status, _ = run_task(api, ct.status.start.post())
+    assert status["exitstatus"] == "OK" and support.container_running(name)
+
+
+def test_qemu_start_shutdown_stop(cluster):
+    api = cluster.api()
+    vm = api.nodes("pve1").qemu(101)
+    name = cluster.container(101)
+    status, _ = run_task(api, vm.status.start.post())
+    assert status["type"] == "qmstart" and status["exitstatus"] == "OK" and support.container_running(name)
+    current = vm.status.current.get()
+    assert current["status"] == current["qmpstatus"] == "running" and current["cpus"] == 2
+
+    # qemu-server checks inside the worker: the task fails, the request does not
+    status, text = run_task(api, vm.status.start.post())
+    assert status["exitstatus"] == "VM 101 already running" and text.endswith("TASK ERROR: VM 101 already running")
+
+    status, _ = run_task(api, vm.status.shutdown.post(timeout=10, forceStop=1))
+    assert status["type"] == "qmshutdown" and status["exitstatus"] == "OK" and not support.container_running(name)
+    run_task(api, vm.status.start.post())
+    status, _ = run_task(api, vm.status.stop.post())
+    assert status["type"] == "qmstop" and status["exitstatus"] == "OK" and not support.container_running(name)
+
+
+def test_python_true_is_rejected_like_pve(cluster):
+    err = expect_error(lambda: cluster.api().nodes("pve1").lxc(201).status.shutdown.post(forceStop=True), 400)
+    assert err.content == "Parameter verification failed."
+    assert err.errors == {"forceStop": "type check ('boolean') failed - got 'True'"}
+    err = expect_error(lambda: cluster.api().nodes("pve1").lxc(201).status.shutdown.post(bogus=1), 400)
+    assert "bogus" in err.errors
+
+
+def test_unknown_vmid_or_wrong_node_or_kind(cluster):
+    api = cluster.api()
+    err = expect_error(lambda: api.nodes("pve1").lxc(999).status.current.get(), 500)
+    assert err.content == "Configuration file 'nodes/pve1/lxc/999.conf' does not exist"
+    err = expect_error(lambda: api.nodes("pve1").lxc(301).status.current.get(), 500)  # 301 lives on pve2
+    assert err.content == "Configuration file 'nodes/pve1/lxc/301.conf' does not exist"
+    err = expect_error(lambda: api.nodes("pve1").qemu(201).status.start.post(), 500)
+    assert err.content == "Configuration file 'nodes/pve1/qemu-server/201.conf' does not exist"
+    err = expect_error(lambda: api.nodes("pve1").lxc(201).snapshot.get(), 501)
+    assert "not implemented" in err.content
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def test_migrate_running_ct_without_restart_is_refused(cluster):
+    api = cluster.api()
+    assert support.container_running(cluster.container(201))
+    err = expect_error(lambda: api.nodes("pve1").lxc(201).migrate.post(target="pve2"), 500)
+    assert err.content == "can't migrate running container without --online or --restart"
+    err = expect_error(lambda: api.nodes("pve1").lxc(201).migrate.post(target="pve1"), 400)
+    assert err.errors == {"target": "target is local node."}
+
+
+def test_online_migration_fails_in_the_task(cluster):
+    api = cluster.api()
+    status, text = run_task(api, api.nodes("pve1").lxc(201).migrate.post(target="pve2", online=1))
+    assert status["type"] == "vzmigrate" and status["exitstatus"] == "migration aborted"
+    assert "lxc live migration is currently not implemented" in text and text.endswith("TASK ERROR: migration aborted")
+    assert api.nodes("pve1").lxc(201).status.current.get()["status"] == "running"
+
+
+def test_local_bind_mount_blocks_migration(cluster):
+    api = cluster.api()
+    status, text = run_task(api, api.nodes("pve1").lxc(202).migrate.post(target="pve2"))
+    assert status["exitstatus"] == "migration aborted"
+    assert "cannot migrate local bind mount point 'mp0'" in text
+    assert api.nodes("pve1").lxc(202).status.current.get().get("lock") is None
+
+
+def test_restart_migration_moves_the_running_ct(cluster):
+    api = cluster.api()
+    name = cluster.container(201)
+    upid = (
+        api.nodes("pve1").lxc(201).migrate.post(target="pve2", restart=1, timeout=10, **{"target-storage": "local-zfs"})
+    )
+    assert Tasks.decode_upid(upid)["type"] == "vzmigrate"
+
+    # while the disks "copy", the CT carries lock: migrate, in its status and in the cluster resources
+    wait_for(
+        lambda: api.nodes("pve1").lxc(201).status.current.get().get("lock") == "migrate", timeout=10, interval=0.05
+    )
+    resources = {r["id"]: r for r in api.cluster.resources.get(type="vm")}
+    assert resources["lxc/201"]["lock"] == "migrate"
+    assert api.nodes("pve1").tasks(upid).status.get()["status"] == "running"
+    assert not support.container_running(name)  # restart mode: shut down before the move
+    status, text = run_task(api, upid)
+    assert status["exitstatus"] == "OK", text
+    for expected in (
+        "shutdown CT 201",
+        "starting migration of CT 201 to node 'pve2'",
+        "start container on target node",
+        "migration finished successfully",
+    ):
+        assert expected in text
+
+    assert support.container_running(name)
+    current = api.nodes("pve2").lxc(201).status.current.get()
+    assert current["status"] == "running" and "lock" not in current
+    err = expect_error(lambda: api.nodes("pve1").lxc(201).status.current.get(), 500)
+    assert err.content == "Configuration file 'nodes/pve1/lxc/201.conf' does not exist"
+    resources = {r["id"]: r for r in api.cluster.resources.get(type="vm")}
+    assert resources["lxc/201"]["node"] == "pve2"
+    assert pve.ClusterState(cluster.dir).guest(201)["rootfs"] == "local-zfs:vm-201-disk-0"
+
+
+# --------------------------------------------------------------------------- node poweroff
+
+
+def test_sigterm_stops_the_node_guests(cluster):
+    api = cluster.api()
+    on_pve2 = [cluster.container(301), cluster.container(201)]
+    assert all(support.container_running(name) for name in on_pve2)
+    run_task(api, api.nodes("pve1").qemu(101).status.start.post())
+    proc = cluster.procs["pve2"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, cluster.log("pve2")
+    assert not any(support.container_running(name) for name in on_pve2)
+    assert support.container_running(cluster.container(101))  # another node's guests are untouched
+
+    nodes = {n["node"]: n["status"] for n in api.nodes.get()}
+    assert nodes == {"pve1": "online", "pve2": "offline"}
+    resources = {r["id"]: r for r in api.cluster.resources.get(type="vm")}
+    assert resources["lxc/301"]["status"] == "unknown"
+    # pveproxy cannot forward to a powered-off node
+    assert expect_error(lambda: api.nodes("pve2").lxc.get(), 595).status_code == 595
