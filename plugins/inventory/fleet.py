@@ -88,9 +88,9 @@ options:
 notes:
   - The whole fleet file is validated before the inventory changes; nothing from an invalid file
     is added.
-  - Hosts of kind V(container) have no SSH and get no connection variables; act on them through the
-    Docker API of their parent (C(wakegrid_parent), C(wakegrid_docker_api)), and leave them out of
-    SSH plays with a pattern such as C(all:!containers).
+  - Hosts of kind V(container) have no SSH; tasks reach them through the Docker API of their parent
+    with the C(community.docker.docker_api) connection (from the C(community.docker) collection),
+    which this plugin sets up (C(ansible_connection), C(ansible_host), C(ansible_docker_docker_host)).
   - Strings taken from the fleet file are not trusted as templates, so a C({{ }}) in a name or an
     inline secret is never rendered. Only the lookups this plugin writes for C(env) and C(file)
     secrets are.
@@ -335,11 +335,18 @@ class FleetVariables:
         fleet = self.fleet
         node = fleet.nodes[name]
         variables = {}
-        if node.kind != 'container':  # a container is reached through its parent's Docker API, not SSH
+        host_docker = fleet.nodes[node.parent].docker if node.kind == 'container' else None
+        if host_docker is not None:
+            # A container has no SSH: tasks run in it through its parent's Docker API.
+            variables.update({
+                'ansible_connection': 'community.docker.docker_api',
+                'ansible_host': node.container or name,
+                'ansible_docker_docker_host': host_docker.api,
+            })
+        else:
             if node.address is not None:
                 variables['ansible_host'] = node.address
             variables.update(self.ssh(fleet.ssh_of(name)))
-        host_docker = fleet.nodes[node.parent].docker if node.kind == 'container' else None
         variables.update({
             'wakegrid_kind': node.kind,
             'wakegrid_site': fleet.site_of(name),

@@ -129,46 +129,60 @@ def wait_condition(fleet: Fleet, name: str, action: str) -> str:
 def start_plan(fleet: Fleet, target: str, up: Collection[str]) -> Plan:
     _require(fleet, target)
     steps: list[Step] = []
-    skipped: list[Note] = []
+    skipped: dict[str, Note] = {}
     blocked: list[str] = []
-    handled: set[str] = set()
+    done: set[str] = set()
+    in_progress: set[str] = set()
 
     def ensure(name: str, reason: str) -> None:
-        if name in handled:
+        if name in done:
             return
-        handled.add(name)
+        if name in in_progress:  # only a fleet that skipped validation can loop
+            blocked.append(f"cannot start {name}: it needs itself ({reason})")
+            return
+        in_progress.add(name)
         for dependency in fleet.dependencies_of(name):
             ensure(dependency, f"dependency of {name}")
-        if name in up:
-            skipped.append(Note(name, "already up"))
-            return
         node = fleet.nodes[name]
-        if node.parent is not None:
+        if name in up:
+            skipped.setdefault(name, Note(name, "already up"))
+        elif node.parent is not None:
             ensure(node.parent, f"host of {name}")
+            steps.append(_start_step(fleet, name, reason))
+        elif problem := _cannot_wake(fleet, name, up):
+            blocked.append(problem)
         else:
-            problem = _cannot_wake(fleet, name)
-            if problem:
-                blocked.append(problem)
-                return
             gateway = fleet.gateway_of(name)
-            ensure(gateway, f"gateway that wakes {name}")  # type: ignore[arg-type]
-        steps.append(
-            Step("start", name, node.kind, start_channel(fleet, name), wait_condition(fleet, name, "start"), reason)
-        )
+            skipped.setdefault(gateway, Note(gateway, "already up"))  # type: ignore[arg-type]
+            steps.append(_start_step(fleet, name, reason))
+        in_progress.discard(name)
+        done.add(name)
 
     ensure(target, "requested")
     if blocked:
-        return Plan("start", target, skipped=tuple(skipped), blocked=tuple(blocked))
-    return Plan("start", target, steps=tuple(steps), skipped=tuple(skipped))
+        return Plan("start", target, skipped=tuple(skipped.values()), blocked=tuple(blocked))
+    return Plan("start", target, steps=tuple(steps), skipped=tuple(skipped.values()))
 
 
-def _cannot_wake(fleet: Fleet, name: str) -> str | None:
+def _start_step(fleet: Fleet, name: str, reason: str) -> Step:
+    channel = start_channel(fleet, name)
+    return Step("start", name, fleet.nodes[name].kind, channel, wait_condition(fleet, name, "start"), reason)
+
+
+def _cannot_wake(fleet: Fleet, name: str, up: Collection[str]) -> str | None:
+    """Why a machine that is down cannot be woken, if it cannot.
+
+    The magic packet is sent from the site gateway, which must therefore be up;
+    gateways are always-on infrastructure: nothing here can wake one.
+    """
     node = fleet.nodes[name]
     gateway = fleet.gateway_of(name)
     if node.mac is None:
         return f"cannot start {name}: it is down and has no mac for Wake-on-LAN"
     if gateway == name:
         return f"cannot start {name}: it is the gateway of site {node.site} and sends that site's magic packets"
+    if gateway not in up:
+        return f"cannot start {name}: its site gateway {gateway} is down (it sends the magic packets)"
     return None
 
 
@@ -209,27 +223,17 @@ def stop_plan(
         return Plan("stop", target, blocked=tuple(blocked))
 
     stopping = _stop_order(fleet, cascade, [target, *members])
-    kept: list[Note] = []
-    proposed: list[Note] = []
-    pending = _dependencies_of(fleet, stopping)
-    while pending:
-        name = pending.pop(0)
+    # Re-evaluate the dependencies of what stops until nothing more can go: stopping one
+    # may free another (a dependency of a dependency, or one its dependants shared).
+    while True:
+        verdicts = _dependency_verdicts(fleet, stopping, up, in_use, confirmed)
+        freed = next((name for name, (verdict, _) in verdicts.items() if verdict == "stop"), None)
+        if freed is None:
+            break
         gone = set(stopping)
-        if name in gone or name not in up or any(n.node == name for n in (*kept, *proposed)):
-            continue
-        subtree = _with_subtrees(fleet, [name])
-        users = sorted({u for n in subtree for u in _active_dependants(fleet, n, up, gone | subtree)}, key=order.get)
-        busy = [n for n in subtree if n in in_use]
-        if users:
-            kept.append(Note(name, f"still needed by {', '.join(users)}", tuple(users)))
-        elif busy:
-            kept.append(Note(name, "; ".join(f"{n} is in use: {in_use[n]}" for n in busy)))
-        elif fleet.confirm_shutdown(name) and name not in confirmed:
-            proposed.append(Note(name, "no active dependant left; confirm_shutdown is on, so it is only proposed"))
-        else:
-            added = _stop_order(fleet, subtree, [name])
-            stopping += added
-            pending += [d for d in _dependencies_of(fleet, added) if d not in pending]
+        stopping += [n for n in _stop_order(fleet, _with_subtrees(fleet, [freed]), [freed]) if n not in gone]
+    kept = [note for verdict, note in verdicts.values() if verdict == "keep"]
+    proposed = [note for verdict, note in verdicts.values() if verdict == "propose"]
 
     was_needed_by = {name: [d for d in fleet.dependants_of(name) if d in set(stopping)] for name in stopping}
     steps = [
@@ -246,6 +250,33 @@ def stop_plan(
     ]
     skipped = [Note(name, "already down") for name in stopping if name not in up]
     return Plan("stop", target, tuple(steps), tuple(skipped), tuple(kept), tuple(proposed))
+
+
+def _dependency_verdicts(
+    fleet: Fleet, stopping: list[str], up: Collection[str], in_use: Mapping[str, str], confirmed: Collection[str]
+) -> dict[str, tuple[str, Note]]:
+    """For each running dependency of what is stopping: "stop", "keep" or "propose", with why."""
+    gone = set(stopping)
+    verdicts: dict[str, tuple[str, Note]] = {}
+    # Only what really stops frees its dependencies; a node already down frees nothing new.
+    for name in _dependencies_of(fleet, [n for n in stopping if n in up]):
+        if name in gone or name not in up:
+            continue
+        users = _active_dependants(fleet, name, up, gone)
+        hosted = [n for n in fleet.descendants(name) if n in up and n not in gone]
+        busy = [n for n in (name, *fleet.descendants(name)) if n in in_use]
+        if users:
+            verdicts[name] = ("keep", Note(name, f"still needed by {', '.join(users)}", tuple(users)))
+        elif hosted:
+            verdicts[name] = ("keep", Note(name, f"hosts running {', '.join(hosted)}"))
+        elif busy:
+            verdicts[name] = ("keep", Note(name, "; ".join(f"{n} is in use: {in_use[n]}" for n in busy)))
+        elif fleet.confirm_shutdown(name) and name not in confirmed:
+            reason = "no active dependant left; confirm_shutdown is on, so it is only proposed"
+            verdicts[name] = ("propose", Note(name, reason))
+        else:
+            verdicts[name] = ("stop", Note(name, "no active dependant left"))
+    return verdicts
 
 
 def _stop_reason(fleet: Fleet, name: str, target: str, was_needed_by: list[str]) -> str:

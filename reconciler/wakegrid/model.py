@@ -231,10 +231,17 @@ class Defaults(_Strict):
     ssh: Ssh = Ssh()
 
 
+def _endpoint(value: Any) -> str:
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} must be host:port, like vps.example.net:51820")
+    return str(value)
+
+
 class EdgeWireGuard(_Strict):
     address: Interface
     port: Port = 51820
-    endpoint: str = Field(description="host:port the spokes dial")
+    endpoint: Annotated[str, BeforeValidator(_endpoint)] = Field(description="host:port the spokes dial")
 
 
 class Edge(_Strict):
@@ -334,7 +341,7 @@ class Service(_Strict):
     policy: Policy = Policy()
     allow: list[AllowEntry] = []
     health: Health = Health()
-    failover: list[Name] | None = Field(None, description="site order; by site priority when omitted")
+    failover: list[Name] | None = Field(None, min_length=1, description="site order; by site priority when omitted")
     backends: list[Backend] = Field(min_length=1)
 
 
@@ -604,9 +611,13 @@ def _check_sites(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
         if gateway is None:
             yield ("sites", name, "gateway"), f"unknown node {site.gateway!r}"
         elif gateway.kind != "machine":
-            yield ("sites", name, "gateway"), f"{site.gateway!r} is a {gateway.kind}; a gateway must be a machine"
+            yield ("sites", name, "gateway"), f"{site.gateway!r} is {_a(gateway.kind)}; a gateway must be a machine"
         elif gateway.site != name:
             yield ("sites", name, "gateway"), f"{site.gateway!r} is not at site {name!r}"
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind == "lxc" else f"a {kind}"
 
 
 def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
@@ -625,24 +636,24 @@ def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
         else:
             for field in ("mac", "wol"):
                 if getattr(node, field) is not None:
-                    yield (*at, field), f"only machines are woken by Wake-on-LAN, not a {node.kind}"
+                    yield (*at, field), f"only machines are woken by Wake-on-LAN, not {_a(node.kind)}"
             yield from _check_hosted(fleet, name, node)
         if node.kind in GUEST_KINDS:
             if node.vmid is None:
-                yield (*at, "vmid"), f"required for a {node.kind}"
+                yield (*at, "vmid"), f"required for {_a(node.kind)}"
             elif node.parent in fleet.nodes:
                 cluster = _proxmox_cluster(fleet, node.parent)
                 other = vmids.setdefault((cluster, node.vmid), name)
                 if other != name:
                     yield (*at, "vmid"), f"vmid {node.vmid} is already used by {other!r} on the same Proxmox"
         elif node.vmid is not None:
-            yield (*at, "vmid"), f"only a vm or lxc has a vmid, not a {node.kind}"
+            yield (*at, "vmid"), f"only a vm or lxc has a vmid, not {_a(node.kind)}"
         if node.kind == "container":
             for field in ("proxmox", "docker"):
                 if getattr(node, field) is not None:
                     yield (*at, field), "a container cannot host anything"
         elif node.container is not None:
-            yield (*at, "container"), f"only a container node names a container, not a {node.kind}"
+            yield (*at, "container"), f"only a container node names a container, not {_a(node.kind)}"
         if node.kind != "machine" and node.proxmox is not None:
             yield (*at, "proxmox"), "only a machine can run Proxmox VE"
     yield from _check_hosting_cycles(fleet)
@@ -651,7 +662,7 @@ def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
 def _check_hosted(fleet: Fleet, name: str, node: Node) -> Iterator[tuple[Loc, str]]:
     at = ("nodes", name)
     if node.parent is None:
-        yield (*at, "parent"), f"required for a {node.kind} (the node that hosts it)"
+        yield (*at, "parent"), f"required for {_a(node.kind)} (the node that hosts it)"
         return
     parent = fleet.nodes.get(node.parent)
     if parent is None:
@@ -662,7 +673,7 @@ def _check_hosted(fleet: Fleet, name: str, node: Node) -> Iterator[tuple[Loc, st
     elif node.kind in GUEST_KINDS and parent.proxmox is None:
         yield (
             (*at, "parent"),
-            (f"{node.parent!r} has no proxmox capability (a {node.kind} is started through its parent's Proxmox API)"),
+            f"{node.parent!r} has no proxmox capability ({_a(node.kind)} is started through its parent's Proxmox API)",
         )
     elif node.kind == "container" and parent.docker is None:
         yield (
@@ -728,7 +739,20 @@ def _check_dependencies(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     if not hosting_cycles(fleet):
         cycle = find_dependency_cycle(fleet)
         if cycle:
+            cycle = _from_a_dependency(fleet, cycle)
             yield ("dependencies", cycle[0]), "dependency cycle: " + " -> ".join(_describe_cycle(fleet, cycle))
+
+
+def _from_a_dependency(fleet: Fleet, cycle: list[str]) -> list[str]:
+    """Rotate the cycle, if needed, to start where a dependency link leaves, so its path exists in the file."""
+    if cycle[0] in fleet.dependencies:
+        return cycle
+    ring = cycle[:-1]
+    for index, name in enumerate(ring):
+        if ring[(index + 1) % len(ring)] in fleet.dependencies.get(name, []):
+            rotated = ring[index:] + ring[:index]
+            return [*rotated, rotated[0]]
+    return cycle
 
 
 def _describe_cycle(fleet: Fleet, cycle: list[str]) -> list[str]:
@@ -786,6 +810,8 @@ def _check_services(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
         for index, site in enumerate(service.failover or []):
             if site not in fleet.sites:
                 yield (*at, "failover", index), f"unknown site {site!r}"
+            elif service.failover.index(site) != index:  # type: ignore[union-attr]
+                yield (*at, "failover", index), f"{site!r} is listed twice"
         endpoints: dict[tuple[str, int], int] = {}
         for index, backend in enumerate(service.backends):
             where = (*at, "backends", index)

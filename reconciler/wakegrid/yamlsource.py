@@ -9,6 +9,7 @@ copy-paste mistake.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,32 @@ class YamlDocument:
         return None
 
 
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    # YAML 1.1 reads 52:54:00:12:34:56 and 23:30 as base-60 numbers; a fleet is full of MACs
+    # and times, so ints and floats are resolved as in YAML 1.2 (no sexagesimal forms).
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Loader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def _construct_vault(loader: yaml.SafeLoader, node: yaml.Node) -> VaultValue:
@@ -66,18 +91,23 @@ def load_yaml(text: str) -> YamlDocument:
         root = loader.get_single_node()
         if root is None:
             return YamlDocument(None, {}, [])
+        # Walk before constructing: construction flattens merge keys (<<) into the mapping,
+        # which would make every overridden merged key look like a duplicate.
+        lines: dict[Path, int] = {}
+        duplicates: list[tuple[Path, int, int]] = []
+        _walk(root, (), lines, duplicates)
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise YamlSyntaxError(f"{exc.problem or exc}", line) from None
+        message = str(exc.problem or exc)
+        if exc.context and exc.context_mark and exc.context_mark is not mark:
+            message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise YamlSyntaxError(message, line) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(str(exc), None) from None
     finally:
         loader.dispose()
-    lines: dict[Path, int] = {}
-    duplicates: list[tuple[Path, int, int]] = []
-    _walk(root, (), lines, duplicates)
     return YamlDocument(data, lines, duplicates)
 
 
@@ -86,12 +116,16 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = str(key_node.value)
             child = (*path, key)
             line = key_node.start_mark.line + 1
             if key in seen:
                 duplicates.append((child, line, seen[key]))
-                continue
+                # The last copy is the one that counts: point later problems at it.
+                for stale in [p for p in lines if p[: len(child)] == child]:
+                    del lines[stale]
             seen[key] = line
             lines[child] = line
             _walk(value_node, child, lines, duplicates)

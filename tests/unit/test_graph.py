@@ -1,0 +1,271 @@
+"""Start and stop plans on the example fleet (Dijon and Thory), step by step."""
+
+from __future__ import annotations
+
+import pytest
+
+from wakegrid.graph import Channel, Note, PlanError, start_plan, stop_plan
+from wakegrid.model import parse_fleet
+
+GATEWAYS = {"pi-dijon", "nuc-thory"}
+
+
+def steps_of(plan) -> list[tuple[str, str, str, str]]:
+    """(action, node, channel kind, channel via) of each step."""
+    return [(s.action, s.node, s.channel.kind, s.channel.via) for s in plan.steps]
+
+
+@pytest.fixture
+def all_up(example_fleet) -> set[str]:
+    return set(example_fleet.nodes)
+
+
+# --------------------------------------------------------------------------- start
+
+
+def test_start_jellyfin_wakes_the_nas_then_pve1_then_the_lxc(example_fleet):
+    plan = start_plan(example_fleet, "jellyfin", GATEWAYS)
+    assert plan.runnable
+    assert steps_of(plan) == [
+        ("start", "nas", "wake_on_lan", "pi-dijon"),
+        ("start", "pve1", "wake_on_lan", "pi-dijon"),
+        ("start", "jellyfin", "proxmox", "pve1"),
+    ]
+    assert [s.reason for s in plan.steps] == ["dependency of jellyfin", "host of jellyfin", "requested"]
+    assert [s.wait_for for s in plan.steps] == [
+        "SSH answers on 192.168.1.10:22",
+        "SSH answers on 192.168.1.3:22",
+        "Proxmox reports lxc 201 running",
+    ]
+    assert plan.skipped == (Note("pi-dijon", "already up"),)
+    assert plan.steps[0].describe() == (
+        "start machine nas via Wake-on-LAN magic packet sent from pi-dijon; wait until SSH answers on 192.168.1.10:22"
+    )
+
+
+def test_start_skips_nodes_already_up(example_fleet):
+    plan = start_plan(example_fleet, "jellyfin", GATEWAYS | {"nas"})
+    assert steps_of(plan) == [
+        ("start", "pve1", "wake_on_lan", "pi-dijon"),
+        ("start", "jellyfin", "proxmox", "pve1"),
+    ]
+    assert [n.node for n in plan.skipped] == ["nas", "pi-dijon"]
+
+
+def test_start_of_a_node_already_up_has_no_step(example_fleet):
+    plan = start_plan(example_fleet, "jellyfin", GATEWAYS | {"nas", "pve1", "jellyfin"})
+    assert plan.runnable and plan.steps == ()
+    assert {n.node for n in plan.skipped} == {"nas", "jellyfin"}
+
+
+def test_start_container_powers_machine_then_vm_then_container(example_fleet):
+    plan = start_plan(example_fleet, "api", GATEWAYS)
+    assert steps_of(plan) == [
+        ("start", "pve1", "wake_on_lan", "pi-dijon"),
+        ("start", "vm-docker", "proxmox", "pve1"),
+        ("start", "api", "docker", "vm-docker"),
+    ]
+    assert plan.steps[-1].wait_for.startswith("Docker reports container api running")
+
+
+def test_start_container_with_dependencies_resolves_them_deepest_first(example_fleet):
+    plan = start_plan(example_fleet, "sandbox", GATEWAYS)
+    assert steps_of(plan) == [
+        ("start", "nas", "wake_on_lan", "pi-dijon"),
+        ("start", "pve1", "wake_on_lan", "pi-dijon"),
+        ("start", "jellyfin", "proxmox", "pve1"),
+        ("start", "vm-docker", "proxmox", "pve1"),
+        ("start", "sandbox", "docker", "vm-docker"),
+    ]
+    assert [s.node for s in plan.steps if s.reason == "host of sandbox"] == ["vm-docker"]
+
+
+def test_start_on_another_site_uses_that_sites_gateway(example_fleet):
+    plan = start_plan(example_fleet, "api-thory", GATEWAYS)
+    assert steps_of(plan) == [
+        ("start", "pve-thory", "wake_on_lan", "nuc-thory"),
+        ("start", "docker-thory", "proxmox", "pve-thory"),
+        ("start", "api-thory", "docker", "docker-thory"),
+    ]
+
+
+def test_start_machine_without_mac_is_blocked(example_data, build_fleet):
+    del example_data["nodes"]["nas"]["mac"]
+    del example_data["nodes"]["nas"]["wol"]
+    plan = start_plan(build_fleet(example_data), "jellyfin", GATEWAYS)
+    assert not plan.runnable
+    assert plan.steps == ()
+    assert plan.blocked == ("cannot start nas: it is down and has no mac for Wake-on-LAN",)
+
+
+def test_start_with_the_gateway_down_is_blocked(example_fleet):
+    plan = start_plan(example_fleet, "nas", {"nuc-thory"})  # pi-dijon is down and has no mac
+    assert plan.steps == ()
+    assert plan.blocked == ("cannot start nas: its site gateway pi-dijon is down (it sends the magic packets)",)
+
+
+def test_start_with_a_wakeable_gateway_down_is_still_blocked(example_data, build_fleet):
+    example_data["nodes"]["pi-dijon"]["mac"] = "52:54:00:12:34:02"
+    plan = start_plan(build_fleet(example_data), "nas", {"nuc-thory"})
+    assert plan.steps == ()
+    assert plan.blocked == ("cannot start nas: its site gateway pi-dijon is down (it sends the magic packets)",)
+
+
+def test_start_unknown_node_is_a_plan_error(example_fleet):
+    with pytest.raises(PlanError, match="unknown node 'plex'"):
+        start_plan(example_fleet, "plex", GATEWAYS)
+
+
+# --------------------------------------------------------------------------- stop
+
+
+def test_stop_pve1_stops_containers_then_guests_then_the_machine(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up)
+    assert plan.runnable
+    assert steps_of(plan) == [
+        ("stop", "sandbox", "docker", "vm-docker"),
+        ("stop", "api", "docker", "vm-docker"),
+        ("stop", "vm-docker", "proxmox", "pve1"),
+        ("stop", "vm-ubuntu", "proxmox", "pve1"),
+        ("stop", "jellyfin", "proxmox", "pve1"),
+        ("stop", "pve1", "ssh", "pve1"),
+    ]
+    assert plan.steps[-1].reason == "requested"
+    assert plan.steps[-1].wait_for == "pve1 no longer answers on 192.168.1.3"
+    assert plan.steps[0].reason == "hosted on vm-docker"
+    # jellyfin needed the NAS; nobody else does, but a machine's shutdown waits for a person.
+    assert [n.node for n in plan.proposed] == ["nas"]
+    assert plan.kept == ()
+
+
+def test_stop_with_confirmation_stops_the_proposed_dependency(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up, confirmed=["nas"])
+    assert steps_of(plan)[-2:] == [("stop", "pve1", "ssh", "pve1"), ("stop", "nas", "ssh", "nas")]
+    assert plan.steps[-1].reason == "no active dependant left (was needed by jellyfin)"
+    assert plan.proposed == ()
+
+
+def test_stop_auto_stops_an_unneeded_dependency_without_confirm_shutdown(example_data, build_fleet):
+    example_data["nodes"]["nas"]["confirm_shutdown"] = False
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "jellyfin", set(fleet.nodes) - {"sandbox"})
+    assert steps_of(plan) == [("stop", "jellyfin", "proxmox", "pve1"), ("stop", "nas", "ssh", "nas")]
+
+
+def test_stop_keeps_a_dependency_still_needed_outside_the_cascade(example_data, build_fleet):
+    example_data["dependencies"]["homeassistant"] = ["nas"]
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "pve1", set(fleet.nodes), confirmed=["nas"])
+    assert "nas" not in [s.node for s in plan.steps]
+    assert plan.kept == (Note("nas", "still needed by homeassistant", ("homeassistant",)),)
+
+
+def test_stop_does_not_count_a_dependant_that_is_down(example_data, build_fleet):
+    example_data["dependencies"]["homeassistant"] = ["nas"]
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "pve1", set(fleet.nodes) - {"homeassistant"}, confirmed=["nas"])
+    assert [s.node for s in plan.steps][-1] == "nas"
+    assert plan.kept == ()
+
+
+def test_stop_with_an_active_dependant_outside_is_blocked(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "jellyfin", all_up)
+    assert plan.steps == () and plan.kept == () and plan.proposed == ()
+    assert plan.blocked == ("jellyfin is still needed by sandbox (running, outside this shutdown)",)
+
+
+def test_stop_including_dependants_stops_the_dependant_first(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "jellyfin", all_up, include_dependants=True)
+    assert plan.runnable
+    assert steps_of(plan) == [
+        ("stop", "sandbox", "docker", "vm-docker"),
+        ("stop", "jellyfin", "proxmox", "pve1"),
+    ]
+    assert plan.steps[0].reason == "dependant of jellyfin"
+    assert [n.node for n in plan.proposed] == ["nas"]
+
+
+def test_stop_in_use_node_in_the_cascade_is_blocked(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up, {"jellyfin": "2 open streams from 10.200.0.1"})
+    assert plan.steps == ()
+    assert plan.blocked == ("jellyfin is in use: 2 open streams from 10.200.0.1",)
+
+
+def test_stop_keeps_an_in_use_dependency(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up, {"nas": "SMB session from 192.168.1.50"}, confirmed=["nas"])
+    assert "nas" not in [s.node for s in plan.steps]
+    assert plan.kept == (Note("nas", "nas is in use: SMB session from 192.168.1.50"),)
+
+
+def test_stop_skips_nodes_already_down(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up - {"sandbox", "api", "vm-docker"})
+    assert [s.node for s in plan.steps] == ["vm-ubuntu", "jellyfin", "pve1"]
+    assert {n.node for n in plan.skipped} == {"sandbox", "api", "vm-docker"}
+    assert all(n.reason == "already down" for n in plan.skipped)
+
+
+def test_stop_of_a_node_already_down_has_no_step(example_fleet):
+    plan = stop_plan(example_fleet, "homeassistant", GATEWAYS | {"pve2"})
+    assert plan.steps == () and plan.skipped == (Note("homeassistant", "already down"),)
+
+
+def test_stop_unknown_node_is_a_plan_error(example_fleet, all_up):
+    with pytest.raises(PlanError, match="unknown node 'plex'"):
+        stop_plan(example_fleet, "plex", all_up)
+
+
+def test_plan_to_dict_says_whether_it_can_run(example_fleet, all_up):
+    blocked = stop_plan(example_fleet, "jellyfin", all_up).to_dict()
+    assert blocked["runnable"] is False and blocked["steps"] == ()
+    started = start_plan(example_fleet, "jellyfin", GATEWAYS).to_dict()
+    assert started["runnable"] is True
+    assert started["steps"][0]["channel"] == {"kind": "wake_on_lan", "via": "pi-dijon"}
+
+
+def test_channels_describe_themselves():
+    assert Channel("ssh", "nas").describe("stop") == "SSH poweroff on nas"
+    assert Channel("proxmox", "pve1").describe("stop") == "Proxmox API of pve1 (shutdown)"
+    assert Channel("docker", "vm-docker").describe("start") == "Docker API of vm-docker (start)"
+
+
+# --------------------------------------------------------------------------- known planner defects
+# Small fleets where the planner does the wrong thing today; each test states what it should do.
+
+SMALL = """
+edge: {host: vps, domain: example.net, wireguard: {address: 10.200.0.1/24, endpoint: "vps:51820"}}
+sites: {home: {gateway: gw, wireguard: {address: 10.200.1.1/24}}}
+nodes:
+  gw: {kind: machine, site: home, docker: {api: "unix:///var/run/docker.sock"}}
+  pve:
+    kind: machine
+    site: home
+    mac: "52:54:00:00:00:03"
+    proxmox: {api: "https://192.168.1.3:8006", token_id: "root@pam!wakegrid", token_secret: x}
+  vmd: {kind: vm, parent: pve, vmid: 101, docker: {api: "tcp://192.168.1.21:2375"}}
+  app: {kind: container, parent: vmd}
+  other: {kind: container, parent: vmd}
+  db: {kind: container, parent: gw}
+  cache: {kind: container, parent: gw}
+"""
+
+
+def test_stop_does_not_keep_a_dependency_for_a_dependant_stopped_in_the_same_plan():
+    fleet = parse_fleet(SMALL + "dependencies:\n  app: [cache, db]\n  db: [cache]\n")
+    plan = stop_plan(fleet, "app", set(fleet.nodes))
+    assert [s.node for s in plan.steps] == ["app", "db", "cache"]
+    assert plan.kept == ()
+
+
+def test_stop_never_stops_a_node_twice_when_it_depends_on_its_host():
+    fleet = parse_fleet(SMALL + "dependencies:\n  app: [vmd]\n")
+    plan = stop_plan(fleet, "app", set(fleet.nodes) - {"other"})
+    nodes = [s.node for s in plan.steps]
+    assert len(nodes) == len(set(nodes))
+    assert nodes == ["app", "vmd"]
+
+
+def test_stop_does_not_auto_stop_a_dependency_that_hosts_running_nodes():
+    fleet = parse_fleet(SMALL + "dependencies:\n  db: [vmd]\n")
+    plan = stop_plan(fleet, "db", set(fleet.nodes))
+    assert [s.node for s in plan.steps] == ["db"]
+    assert [n.node for n in plan.kept] == ["vmd"]
