@@ -1,0 +1,687 @@
+# -*- coding: utf-8 -*-
+# Copyright: wakegrid engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Caddy admin API client and route renderer shared by the wakegrid.fleet Caddy modules.
+
+Two halves, kept apart so that the first is unit-testable without a socket:
+
+* pure functions: render one service's route (``render_route``), compare routes semantically
+  (``routes_equal``), plan the edit of a whole config (``plan_change``) and read routes and
+  upstream health back (``parse_route``, ``parse_upstreams_healthy``);
+* ``CaddyAdmin``: a small HTTP client for the admin endpoint, over TCP or a unix socket, and
+  ``converge``, the read / compare / conditional-write loop built on Caddy's ``Etag`` and
+  ``If-Match`` headers.
+
+Standard library only (modules run on the edge host) and Python 3.8 compatible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import copy
+import fnmatch
+import json
+import re
+import socket
+
+try:  # Python 3
+    import http.client as http_client
+except ImportError:  # pragma: no cover - Python 2 is not a supported target
+    import httplib as http_client  # type: ignore
+
+ROUTE_ID_PREFIX = "wakegrid_"
+DEFAULT_ADMIN = "http://127.0.0.1:2019"
+DEFAULT_SERVER = "wakegrid"
+
+POLICIES_WITH_ORDER = ("first",)
+AUTO = "auto"
+
+# Defaults of the rendered route; docs/caddy.md explains each value.
+DEFAULTS = {
+    "lb_policy": AUTO,
+    "try_duration": "5s",
+    "try_interval": "250ms",
+    "dial_timeout": "2s",
+}
+HEALTH_DEFAULTS = {
+    "path": "/",
+    "interval": "5s",
+    "timeout": "2s",
+    "passes": 2,
+    "fails": 2,
+    "status": None,
+}
+PASSIVE_DEFAULTS = {
+    "fail_duration": "10s",
+    "max_fails": 1,
+    "unhealthy_status": None,
+}
+
+# Keys whose values are Go durations in Caddy's JSON: compared as nanoseconds, so that
+# "2s", "2000ms" and 2000000000 are the same value.
+DURATION_KEYS = frozenset((
+    "interval", "timeout", "fail_duration", "unhealthy_latency", "try_duration", "try_interval",
+    "dial_timeout", "read_timeout", "write_timeout", "response_header_timeout",
+    "expect_continue_timeout", "flush_interval", "stream_timeout", "stream_close_delay",
+))
+# Lists whose order carries no meaning (a host matcher is a set, so is an IP range list).
+UNORDERED_LIST_KEYS = frozenset(("host", "ranges", "unhealthy_status"))
+
+_DURATION_UNITS = {
+    "ns": 1, "us": 1000, "\u00b5s": 1000, "\u03bcs": 1000, "ms": 1000000,
+    "s": 1000000000, "m": 60 * 1000000000, "h": 3600 * 1000000000, "d": 24 * 3600 * 1000000000,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h|d)")
+
+
+class CaddyError(Exception):
+    """A problem reaching Caddy or understanding its answer."""
+
+
+class CaddyAPIError(CaddyError):
+    """Caddy answered a request with an error status; ``message`` is Caddy's own text."""
+
+    def __init__(self, method, path, status, message):
+        self.method = method
+        self.path = path
+        self.status = status
+        self.message = message
+        super(CaddyAPIError, self).__init__(
+            "Caddy admin API %s %s answered %s: %s" % (method, path, status, message))
+
+
+class ConflictError(CaddyError):
+    """Every conditional write lost the race against another writer (HTTP 412)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Durations
+# --------------------------------------------------------------------------------------------
+
+def parse_duration(value):
+    """Go/Caddy duration (``"1m30s"``, ``"250ms"``, ``"2d"`` or integer nanoseconds) -> ns."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration: %r" % (value,))
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not a duration: %r" % (value,))
+    text = value.strip()
+    sign = 1
+    if text[:1] in ("-", "+"):
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    if text == "0":
+        return 0
+    if text.isdigit():  # Caddy takes a bare integer as nanoseconds
+        return sign * int(text)
+    total = 0.0
+    position = 0
+    for part in _DURATION_PART.finditer(text):
+        if part.start() != position:
+            break
+        total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        position = part.end()
+    if position != len(text) or not text:
+        raise ValueError("invalid duration %r (expected e.g. 500ms, 2s, 1m30s)" % (value,))
+    return sign * int(round(total))
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+def route_id(name):
+    """The ``@id`` of a service's route: also the handle used by the admin API's /id/ paths."""
+    return ROUTE_ID_PREFIX + name
+
+
+def choose_policy(upstreams, lb_policy=AUTO):
+    """Return ``(policy, upstreams in the order Caddy should hold them)``.
+
+    Upstreams carrying a ``priority`` are ordered by it (lower first, stable, those without
+    one last); that order is the failover order. ``auto`` picks:
+
+    * ``first`` when priorities differ: strict failover, the preferred site takes all traffic;
+    * ``weighted_round_robin`` when weights differ;
+    * ``round_robin`` otherwise.
+    """
+    ordered = sorted(
+        upstreams,
+        key=lambda u: (u.get("priority") is None, u.get("priority") or 0),
+    )
+    if lb_policy and lb_policy != AUTO:
+        return lb_policy, ordered
+    priorities = set(u.get("priority") for u in upstreams if u.get("priority") is not None)
+    if len(priorities) > 1:
+        return "first", ordered
+    weights = set(_weight(u) for u in upstreams)
+    if len(weights) > 1:
+        return "weighted_round_robin", ordered
+    return "round_robin", ordered
+
+
+def _weight(upstream):
+    weight = upstream.get("weight")
+    return 1 if weight is None else weight
+
+
+def _merged(defaults, given):
+    merged = dict(defaults)
+    for key, value in (given or {}).items():
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=None,
+                 passive_health=None, try_duration=DEFAULTS["try_duration"],
+                 try_interval=DEFAULTS["try_interval"], dial_timeout=DEFAULTS["dial_timeout"]):
+    """Caddy JSON for one service: a host-matched, terminal route around a reverse_proxy.
+
+    ``health`` (active checks) is off when None; ``passive_health`` falls back to
+    PASSIVE_DEFAULTS when None and is off when its ``fail_duration`` is zero. With ``allow``,
+    the proxy sits in a subroute behind a ``client_ip`` matcher that answers 403 to others.
+    """
+    if not upstreams:
+        raise ValueError("a service needs at least one upstream")
+    policy, ordered = choose_policy(upstreams, lb_policy)
+
+    selection = {"policy": policy}
+    if policy == "weighted_round_robin":
+        selection["weights"] = [_weight(u) for u in ordered]
+    load_balancing = {"selection_policy": selection}
+    # try_duration > 0 is what makes Caddy retry another upstream when one fails to answer:
+    # a request then survives a backend dying under it.
+    if parse_duration(try_duration) > 0:
+        load_balancing["try_duration"] = try_duration
+        load_balancing["try_interval"] = try_interval
+
+    proxy = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": u["dial"]} for u in ordered],
+        "load_balancing": load_balancing,
+        "transport": {"protocol": "http", "dial_timeout": dial_timeout},
+    }
+
+    health_checks = {}
+    if health is not None:
+        active = _merged(HEALTH_DEFAULTS, health)
+        health_checks["active"] = {
+            "uri": active["path"],
+            "interval": active["interval"],
+            "timeout": active["timeout"],
+            "passes": active["passes"],
+            "fails": active["fails"],
+        }
+        if active.get("status"):
+            health_checks["active"]["expect_status"] = active["status"]
+    passive = _merged(PASSIVE_DEFAULTS, passive_health)
+    if parse_duration(passive["fail_duration"]) > 0:
+        health_checks["passive"] = {
+            "fail_duration": passive["fail_duration"],
+            "max_fails": passive["max_fails"],
+        }
+        if passive.get("unhealthy_status"):
+            health_checks["passive"]["unhealthy_status"] = list(passive["unhealthy_status"])
+    if health_checks:
+        proxy["health_checks"] = health_checks
+
+    if allow:
+        # client_ip, not remote_ip: it is the peer address unless the server declares
+        # trusted_proxies, in which case it is the real client behind them.
+        handle = [{
+            "handler": "subroute",
+            "routes": [
+                {
+                    "match": [{"not": [{"client_ip": {"ranges": list(allow)}}]}],
+                    "handle": [{"handler": "static_response", "status_code": 403,
+                                "body": "Forbidden\n"}],
+                    "terminal": True,
+                },
+                {"handle": [proxy]},
+            ],
+        }]
+    else:
+        handle = [proxy]
+
+    return {
+        "@id": route_id(name),
+        "match": [{"host": list(domains)}],
+        "handle": handle,
+        "terminal": True,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Semantic comparison
+# --------------------------------------------------------------------------------------------
+
+def normalize(value, key=None):
+    """Canonical form of a piece of Caddy JSON for comparison (dict key order never matters)."""
+    if isinstance(value, dict):
+        return dict((k, normalize(v, k)) for k, v in value.items())
+    if isinstance(value, list):
+        items = [normalize(v, key if key == "host" else None) for v in value]
+        if key in UNORDERED_LIST_KEYS:
+            items = sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+        return items
+    if key in DURATION_KEYS and not isinstance(value, bool):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            return value
+    if key in ("status_code", "expect_status") and isinstance(value, str) and value.isdigit():
+        return int(value)
+    if key == "host" and isinstance(value, str):
+        return value.lower()
+    return value
+
+
+def routes_equal(left, right):
+    """True when two routes configure Caddy identically (key order, duration spelling, host
+    case and the order of host/IP-range lists aside)."""
+    if left is None or right is None:
+        return left is right
+    return normalize(left) == normalize(right)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and placing routes in a whole config
+# --------------------------------------------------------------------------------------------
+
+def servers_of(config):
+    """The ``apps.http.servers`` map of a config, or an empty dict."""
+    if not isinstance(config, dict):
+        return {}
+    servers = config.get("apps", {}).get("http", {}).get("servers")
+    return servers if isinstance(servers, dict) else {}
+
+
+def find_route(config, rid):
+    """``(server name, index, route)`` of the top-level route with this ``@id``, or None."""
+    for server_name in sorted(servers_of(config)):
+        routes = servers_of(config)[server_name].get("routes") or []
+        for index, route in enumerate(routes):
+            if isinstance(route, dict) and route.get("@id") == rid:
+                return server_name, index, route
+    return None
+
+
+def managed_routes(config):
+    """Every top-level route whose ``@id`` marks it as wakegrid's: ``[(server, route)]``."""
+    found = []
+    for server_name in sorted(servers_of(config)):
+        for route in servers_of(config)[server_name].get("routes") or []:
+            rid = route.get("@id") if isinstance(route, dict) else None
+            if isinstance(rid, str) and rid.startswith(ROUTE_ID_PREFIX):
+                found.append((server_name, route))
+    return found
+
+
+def host_matches(pattern, host):
+    """Caddy's host matcher for one pattern: case-insensitive, ``*`` stands for one label."""
+    pattern_labels = pattern.lower().split(".")
+    host_labels = host.lower().split(".")
+    if len(pattern_labels) != len(host_labels):
+        return False
+    return all(p == h or ("*" in p and fnmatch.fnmatchcase(h, p))
+               for p, h in zip(pattern_labels, host_labels))
+
+
+def shadows(route, domains):
+    """Would ``route``, placed first, take requests meant for any of ``domains``?"""
+    if not isinstance(route, dict):
+        return False
+    match = route.get("match")
+    if not match:
+        return True  # no matcher: matches every request
+    for matcher_set in match:
+        hosts = matcher_set.get("host") if isinstance(matcher_set, dict) else None
+        if hosts is None:
+            return True  # a path/header/... matcher can match our hosts too
+        if any(host_matches(pattern, domain) for pattern in hosts for domain in domains):
+            return True
+    return False
+
+
+def insert_index(routes, domains):
+    """Where a new route goes: before the first route that would shadow it (a catch-all or a
+    wildcard host route, typically the edge role's), else at the end."""
+    for index, route in enumerate(routes):
+        if shadows(route, domains):
+            return index
+    return len(routes)
+
+
+class Plan(object):
+    """What converging one service means for a given config."""
+
+    def __init__(self, action, before, after, server, new_config=None, write=None):
+        self.action = action  # none | create | update | move | remove
+        self.before = before
+        self.after = after
+        self.server = server
+        self.new_config = new_config
+        self.write = write  # (method, admin path, JSON value) or None
+
+    @property
+    def changed(self):
+        return self.action != "none"
+
+
+def plan_change(config, name, desired, server=DEFAULT_SERVER, listen=None):
+    """Plan the edit that makes ``config`` hold ``desired`` (a route, or None to remove it).
+
+    Raises CaddyError when the target server is missing and ``listen`` does not allow
+    creating it.
+    """
+    rid = route_id(name)
+    found = find_route(config, rid)
+    before = found[2] if found else None
+
+    if desired is None:
+        if found is None:
+            return Plan("none", None, None, server)
+        new_config = copy.deepcopy(config)
+        del servers_of(new_config)[found[0]]["routes"][found[1]]
+        return Plan("remove", before, None, found[0], new_config, write_request(config, new_config))
+
+    if found is not None and found[0] == server and routes_equal(before, desired):
+        return Plan("none", before, before, server)
+
+    new_config = copy.deepcopy(config) if isinstance(config, dict) else {}
+    servers = new_config.setdefault("apps", {}).setdefault("http", {}).setdefault("servers", {})
+    if server not in servers:
+        if not listen:
+            raise CaddyError(
+                "Caddy has no HTTP server %r (servers: %s) and no listen addresses were given to "
+                "create it" % (server, ", ".join(sorted(servers)) or "none"))
+        servers[server] = {"listen": list(listen), "routes": []}
+    routes = servers[server].setdefault("routes", [])
+
+    if found is not None and found[0] == server:
+        routes[found[1]] = desired
+        action = "update"
+    else:
+        if found is not None:  # it lives in another server: move it
+            del servers[found[0]]["routes"][found[1]]
+        hosts = desired.get("match", [{}])[0].get("host", [])
+        routes.insert(insert_index(routes, hosts), desired)
+        action = "move" if found is not None else "create"
+    return Plan(action, before, desired, server, new_config, write_request(config, new_config))
+
+
+def write_request(old_config, new_config):
+    """The single admin request that turns old_config into new_config for our edits.
+
+    Always one request, so that a change is one atomic Caddy reload guarded by one If-Match:
+    the ``apps.http.servers`` map when it exists already, else its deepest missing ancestor.
+    """
+    path = []
+    node = old_config
+    new_node = new_config
+    for key in ("apps", "http", "servers"):
+        if isinstance(node, dict) and isinstance(node.get(key), dict):
+            path.append(key)
+            node = node[key]
+            new_node = new_node[key]
+        else:
+            if not isinstance(old_config, dict):
+                return ("POST", "/config/", new_config)
+            return ("POST", "/config/" + "/".join(path + [key]), new_node[key])
+    return ("PATCH", "/config/apps/http/servers", new_node)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading routes and health back
+# --------------------------------------------------------------------------------------------
+
+def _find_handlers(handles, name, out):
+    for handler in handles or []:
+        if not isinstance(handler, dict):
+            continue
+        if handler.get("handler") == name:
+            out.append(handler)
+        if handler.get("handler") == "subroute":
+            for route in handler.get("routes") or []:
+                if isinstance(route, dict):
+                    _find_handlers(route.get("handle"), name, out)
+    return out
+
+
+def _allowlist(route):
+    for handler in _find_handlers(route.get("handle"), "subroute", []):
+        for sub in handler.get("routes") or []:
+            for matcher_set in sub.get("match") or []:
+                for negated in matcher_set.get("not") or []:
+                    for kind in ("client_ip", "remote_ip"):
+                        if kind in negated:
+                            return list(negated[kind].get("ranges") or [])
+    return []
+
+
+def parse_route(server, route):
+    """Summary of a wakegrid route as Caddy holds it (the inverse of render_route)."""
+    rid = route.get("@id", "")
+    domains = []
+    for matcher_set in route.get("match") or []:
+        domains.extend(matcher_set.get("host") or [])
+    proxies = _find_handlers(route.get("handle"), "reverse_proxy", [])
+    proxy = proxies[0] if proxies else {}
+    load_balancing = proxy.get("load_balancing") or {}
+    selection = load_balancing.get("selection_policy") or {}
+    policy = selection.get("policy", "random")  # Caddy's default selection policy
+    weights = selection.get("weights") or []
+    upstreams = []
+    for index, upstream in enumerate(proxy.get("upstreams") or []):
+        entry = {"dial": upstream.get("dial"), "order": index}
+        if policy == "weighted_round_robin":
+            entry["weight"] = weights[index] if index < len(weights) else 0
+        upstreams.append(entry)
+    checks = proxy.get("health_checks") or {}
+    active = checks.get("active")
+    passive = checks.get("passive")
+    return {
+        "name": rid[len(ROUTE_ID_PREFIX):] if rid.startswith(ROUTE_ID_PREFIX) else rid,
+        "route_id": rid,
+        "server": server,
+        "domains": domains,
+        "lb_policy": policy,
+        "upstreams": upstreams,
+        "allow": _allowlist(route),
+        "health": None if not active else {
+            "path": active.get("uri") or active.get("path"),
+            "interval": active.get("interval"),
+            "timeout": active.get("timeout"),
+            "passes": active.get("passes"),
+            "fails": active.get("fails"),
+            "status": active.get("expect_status"),
+        },
+        "passive_health": None if not passive else {
+            "fail_duration": passive.get("fail_duration"),
+            "max_fails": passive.get("max_fails"),
+            "unhealthy_status": passive.get("unhealthy_status"),
+        },
+        "try_duration": load_balancing.get("try_duration"),
+        "try_interval": load_balancing.get("try_interval"),
+        "dial_timeout": (proxy.get("transport") or {}).get("dial_timeout"),
+    }
+
+
+_HEALTHY_GAUGE = re.compile(
+    r'^caddy_reverse_proxy_upstreams_healthy\{(?:[^}]*,)?upstream="((?:[^"\\]|\\.)*)"[^}]*\}\s+(\S+)',
+    re.MULTILINE)
+
+
+def parse_upstreams_healthy(metrics_text):
+    """``{dial: bool}`` from the ``caddy_reverse_proxy_upstreams_healthy`` gauge of Caddy's
+    Prometheus metrics (active and passive checks combined, refreshed every 10 s by Caddy)."""
+    healthy = {}
+    for match in _HEALTHY_GAUGE.finditer(metrics_text or ""):
+        try:
+            healthy[match.group(1).replace('\\"', '"')] = float(match.group(2)) >= 1
+        except ValueError:
+            continue
+    return healthy
+
+
+# --------------------------------------------------------------------------------------------
+# Admin API client
+# --------------------------------------------------------------------------------------------
+
+class _UnixHTTPConnection(http_client.HTTPConnection):
+    def __init__(self, path, timeout):
+        http_client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except Exception:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def parse_endpoint(endpoint):
+    """``http://host:port`` / ``host:port`` -> ("tcp", host, port); ``unix:///path`` (or
+    Caddy's own ``unix//path``) -> ("unix", path, None)."""
+    text = (endpoint or "").strip()
+    for prefix in ("unix://", "unix/"):
+        if text.startswith(prefix):
+            path = text[len(prefix):]
+            if not path.startswith("/"):
+                path = "/" + path.lstrip("/")
+            return "unix", path, None
+    if text.startswith("https://"):
+        raise CaddyError("the Caddy admin endpoint over TLS (%s) is not supported; use the "
+                         "local http:// or unix:// endpoint on the edge host" % endpoint)
+    if text.startswith("http://"):
+        text = text[len("http://"):]
+    text = text.rstrip("/")
+    if "/" in text or not text:
+        raise CaddyError("invalid Caddy admin endpoint %r (expected http://host:port or "
+                         "unix:///path/to/admin.sock)" % endpoint)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CaddyError("invalid Caddy admin endpoint %r: no port" % endpoint)
+    return "tcp", host.strip("[]"), int(port)
+
+
+class CaddyAdmin(object):
+    """Minimal client of Caddy's admin API (one connection per request)."""
+
+    def __init__(self, endpoint=DEFAULT_ADMIN, timeout=10):
+        self.endpoint = endpoint
+        self.kind, self.address, self.port = parse_endpoint(endpoint)
+        self.timeout = timeout
+
+    def _connection(self):
+        if self.kind == "unix":
+            return _UnixHTTPConnection(self.address, self.timeout)
+        return http_client.HTTPConnection(self.address, self.port, timeout=self.timeout)
+
+    def request(self, method, path, value=None, headers=None, raw=False):
+        """Send one request; return ``(status, headers, body)``; raise CaddyAPIError on >= 400."""
+        all_headers = {"Accept": "application/json"}
+        body = None
+        if value is not None or method in ("POST", "PUT", "PATCH"):
+            body = json.dumps(value, separators=(",", ":")).encode("utf-8")
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        connection = self._connection()
+        try:
+            connection.request(method, path, body=body, headers=all_headers)
+            response = connection.getresponse()
+            data = response.read()
+            response_headers = dict((k.lower(), v) for k, v in response.getheaders())
+            status = response.status
+        except (OSError, socket.error, http_client.HTTPException) as exc:
+            raise CaddyError("cannot reach the Caddy admin API at %s (%s %s): %s"
+                             % (self.endpoint, method, path, exc))
+        finally:
+            connection.close()
+        if status >= 400:
+            raise CaddyAPIError(method, path, status, _error_message(data))
+        if raw:
+            return status, response_headers, data
+        return status, response_headers, _decode_json(data, method, path)
+
+    def get_config(self):
+        """The whole running config and its ETag (``"/config/ <hash>"``)."""
+        response = self.request("GET", "/config/")
+        return response[2], response[1].get("etag")
+
+    def write(self, method, path, value, etag=None):
+        headers = {"If-Match": etag} if etag else {}
+        self.request(method, path, value, headers=headers)
+
+    def upstreams(self):
+        """``GET /reverse_proxy/upstreams``: ``[{address, num_requests, fails}]``."""
+        return self.request("GET", "/reverse_proxy/upstreams")[2] or []
+
+    def metrics(self):
+        """The Prometheus text of ``GET /metrics`` (empty when the endpoint is absent)."""
+        try:
+            data = self.request("GET", "/metrics", headers={"Accept": "text/plain"}, raw=True)[2]
+        except CaddyAPIError:
+            return ""
+        return data.decode("utf-8", "replace")
+
+
+def _decode_json(data, method, path):
+    text = data.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CaddyError("Caddy admin API %s %s answered something that is not JSON: %s"
+                         % (method, path, text[:200]))
+
+
+def _error_message(data):
+    text = data.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(parsed, dict) and parsed.get("error"):
+        return parsed["error"]
+    return text
+
+
+def converge(client, plan_for, check_mode=False, conflict_retries=3):
+    """Read the config, plan, and write only if needed, with ``If-Match`` on the read's ETag.
+
+    ``plan_for(config)`` returns a Plan. On 412 (someone changed the config between our read
+    and our write) the whole read-plan-write is redone, at most ``conflict_retries`` times.
+    Returns ``(plan, conflicts)``; raises ConflictError when every attempt lost the race.
+    """
+    conflicts = 0
+    while True:
+        config, etag = client.get_config()
+        plan = plan_for(config)
+        if not plan.changed or check_mode:
+            return plan, conflicts
+        method, path, value = plan.write
+        try:
+            client.write(method, path, value, etag)
+        except CaddyAPIError as exc:
+            if exc.status != 412:
+                raise
+            conflicts += 1
+            if conflicts > conflict_retries:
+                raise ConflictError(
+                    "the Caddy config kept changing under us: %d conditional writes (If-Match "
+                    "%s) were refused with 412 Precondition Failed because another writer "
+                    "changed the config in between; nothing was written by this task"
+                    % (conflicts, etag))
+            continue
+        return plan, conflicts

@@ -1,0 +1,246 @@
+# -*- coding: utf-8 -*-
+# Copyright: wakegrid engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Docker Engine API access for the wakegrid.fleet Docker modules, through the docker SDK.
+
+Connection options are named as in community.docker (docker_host, tls, validate_certs, ca_path,
+client_cert, client_key, api_version, use_ssh_client, same aliases and environment variables),
+so that playbooks move between the two collections unchanged. The API time limit is
+``api_timeout`` here, because ``timeout`` bounds how long a module waits for a container.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+import traceback
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
+
+DOCKER_IMP_ERR = None
+try:
+    import docker
+    from docker.errors import DockerException, NotFound
+    from docker.tls import TLSConfig
+
+    HAS_DOCKER = True
+except ImportError:
+    DOCKER_IMP_ERR = traceback.format_exc()
+    HAS_DOCKER = False
+
+    class DockerException(Exception):  # placeholder, so that except clauses stay valid
+        pass
+
+    class NotFound(DockerException):  # placeholder, so that except clauses stay valid
+        pass
+
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+# Names the fleet inventory plugin uses for its groups, and Ansible's own: never suggested for nodes.
+RESERVED_FLEET_NAMES = frozenset(
+    (
+        "all",
+        "ungrouped",
+        "edge",
+        "sites",
+        "gateways",
+        "machines",
+        "vms",
+        "lxcs",
+        "containers",
+        "proxmox_hosts",
+        "docker_hosts",
+        "wireguard",
+        "wireguard_hub",
+        "wireguard_spokes",
+    )
+)
+FLEET_SECRET_KEYS = ("token_secret", "private_key", "secureon", "password")
+
+
+class DockerApiError(Exception):
+    """A failure to report with fail_json: ``msg`` plus extra result keys."""
+
+    def __init__(self, msg, **result):
+        super(DockerApiError, self).__init__(msg)
+        self.msg = msg
+        self.result = result
+
+
+def docker_argument_spec():
+    return dict(
+        docker_host=dict(
+            type="str",
+            default=DEFAULT_DOCKER_HOST,
+            aliases=["docker_url"],
+            fallback=(env_fallback, ["DOCKER_HOST"]),
+        ),
+        tls=dict(type="bool", default=False, fallback=(env_fallback, ["DOCKER_TLS"])),
+        validate_certs=dict(
+            type="bool", default=False, aliases=["tls_verify"], fallback=(env_fallback, ["DOCKER_TLS_VERIFY"])
+        ),
+        ca_path=dict(type="path", aliases=["ca_cert", "tls_ca_cert", "cacert_path"]),
+        client_cert=dict(type="path", aliases=["tls_client_cert", "cert_path"]),
+        client_key=dict(type="path", aliases=["tls_client_key", "key_path"], no_log=False),
+        api_version=dict(
+            type="str", default="auto", aliases=["docker_api_version"], fallback=(env_fallback, ["DOCKER_API_VERSION"])
+        ),
+        api_timeout=dict(type="int", default=60, fallback=(env_fallback, ["DOCKER_TIMEOUT"])),
+        use_ssh_client=dict(type="bool", default=False),
+    )
+
+
+DOCKER_REQUIRED_TOGETHER = [("client_cert", "client_key")]
+
+
+def check_sdk(module):
+    if not HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMP_ERR)
+
+
+def _cert_path_default(params, name, filename):
+    # As the docker CLI: DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem.
+    if params.get(name):
+        return params[name]
+    cert_dir = os.environ.get("DOCKER_CERT_PATH")
+    if cert_dir and os.path.exists(os.path.join(cert_dir, filename)):
+        return os.path.join(cert_dir, filename)
+    return None
+
+
+def connect(params):
+    """A docker.DockerClient for the connection options; DockerApiError when the API is unreachable."""
+    tls_config = False
+    ca_path = _cert_path_default(params, "ca_path", "ca.pem")
+    client_cert = _cert_path_default(params, "client_cert", "cert.pem")
+    client_key = _cert_path_default(params, "client_key", "key.pem")
+    if params["tls"] or params["validate_certs"]:
+        tls_config = TLSConfig(
+            client_cert=(client_cert, client_key) if client_cert and client_key else None,
+            ca_cert=ca_path if params["validate_certs"] else None,
+            verify=bool(params["validate_certs"]),
+        )
+    try:
+        client = docker.DockerClient(
+            base_url=params["docker_host"],
+            version=params["api_version"],
+            timeout=params["api_timeout"],
+            tls=tls_config,
+            use_ssh_client=params["use_ssh_client"],
+        )
+        client.ping()
+    except Exception as exc:  # DockerException, and the requests/paramiko errors the SDK lets through
+        raise DockerApiError("cannot reach the Docker API at %s: %s" % (params["docker_host"], exc))
+    return client
+
+
+def inspect_container(client, name):
+    """The container's inspect data, or None when there is no such container."""
+    try:
+        return client.api.inspect_container(name)
+    except NotFound:
+        return None
+
+
+def container_name(attrs):
+    return (attrs.get("Name") or "").lstrip("/")
+
+
+def container_status(attrs):
+    """created, running, paused, restarting, removing, exited or dead."""
+    return (attrs.get("State") or {}).get("Status")
+
+
+def has_healthcheck(attrs):
+    """Whether the container has a health check (its own or its image's, not disabled)."""
+    test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
+def health_status(attrs):
+    """starting, healthy or unhealthy; None without a health check."""
+    if not has_healthcheck(attrs):
+        return None
+    return ((attrs.get("State") or {}).get("Health") or {}).get("Status") or "starting"
+
+
+def health_log(attrs, last=5):
+    """The last health check runs, oldest first: start time, exit code and output."""
+    entries = ((attrs.get("State") or {}).get("Health") or {}).get("Log") or []
+    return [
+        {
+            "start": entry.get("Start"),
+            "exit_code": entry.get("ExitCode"),
+            "output": (entry.get("Output") or "").strip(),
+        }
+        for entry in entries[-last:]
+    ]
+
+
+def format_health_log(entries):
+    return "; ".join("exit %s: %s" % (e["exit_code"], e["output"] or "(no output)") for e in entries) or "(empty)"
+
+
+def container_logs_tail(client, container_id, lines=20):
+    try:
+        data = client.api.logs(container_id, stdout=True, stderr=True, tail=lines)
+    except DockerException:
+        return []
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def container_ports(attrs):
+    """Ports as [{container_port, protocol, host_ip, host_port}]: published ones with their host side."""
+    running = (attrs.get("State") or {}).get("Running")
+    # A running container reports its actual bindings; a stopped one only its configuration.
+    bindings = ((attrs.get("NetworkSettings") or {}).get("Ports") if running else None) or {}
+    if not running:
+        bindings = dict((attrs.get("HostConfig") or {}).get("PortBindings") or {})
+        for exposed in (attrs.get("Config") or {}).get("ExposedPorts") or {}:
+            bindings.setdefault(exposed, None)
+    ports = []
+    for spec, hosts in bindings.items():
+        number, dummy, protocol = spec.partition("/")
+        for host in hosts or [None]:
+            ports.append(
+                {
+                    "container_port": int(number),
+                    "protocol": protocol or "tcp",
+                    "host_ip": (host or {}).get("HostIp") or None,
+                    "host_port": int(host["HostPort"]) if host and host.get("HostPort") else None,
+                }
+            )
+    return sorted(ports, key=lambda p: (p["container_port"], p["protocol"], p["host_ip"] or "", p["host_port"] or 0))
+
+
+def fleet_secret_values(value):
+    """Every secret found in a fleet ``nodes`` structure, so that a module can hide them."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in FLEET_SECRET_KEYS and isinstance(item, str) and item:
+                found.append(item)
+            else:
+                found.extend(fleet_secret_values(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(fleet_secret_values(item))
+    return found
+
+
+def suggest_fleet_name(name, parent, taken):
+    """A fleet node name for a discovered container: its name made valid and unique in the fleet."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "container"
+    candidate = base
+    if candidate in taken or candidate in RESERVED_FLEET_NAMES:
+        candidate = "%s-%s" % (base, parent)
+    suffix = 2
+    while candidate in taken or candidate in RESERVED_FLEET_NAMES:
+        candidate = "%s-%s-%d" % (base, parent, suffix)
+        suffix += 1
+    return candidate

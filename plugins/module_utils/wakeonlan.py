@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# Copyright: wakegrid engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Wake-on-LAN for the wakegrid.fleet modules: magic packets and "does it answer yet?" probes.
+
+Packets are built here, not by the ``wakeonlan`` library, because the library only knows
+6-byte SecureOn passwords and NICs also accept 4-byte ones. The library still sends them: its
+``create_socket`` resolves the address (IPv4 or IPv6), enables broadcast and binds the source
+address. Everything but :func:`send_magic_packet` is standard library only.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import math
+import re
+import socket
+import subprocess
+import time
+import traceback
+
+WAKEONLAN_IMP_ERR = None
+try:
+    import wakeonlan
+
+    HAS_WAKEONLAN = True
+except Exception:  # wakeonlan 4 does not even import on Python < 3.10 (PEP 604 annotations)
+    WAKEONLAN_IMP_ERR = traceback.format_exc()
+    HAS_WAKEONLAN = False
+    wakeonlan = None
+
+SYNC_STREAM = b"\xff" * 6
+MAC_REPEAT = 16
+PLAIN_PACKET_LENGTH = len(SYNC_STREAM) + 6 * MAC_REPEAT  # 102
+
+_HEX2 = "[0-9A-Fa-f]{2}"
+# aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff (one separator throughout), aabb.ccdd.eeff, aabbccddeeff
+_SIX_BYTES = re.compile(
+    r"^(?:{h}([:-]){h}(?:\1{h}){{4}}|[0-9A-Fa-f]{{4}}\.[0-9A-Fa-f]{{4}}\.[0-9A-Fa-f]{{4}}|[0-9A-Fa-f]{{12}})$".format(
+        h=_HEX2
+    )
+)
+# aa:bb:cc:dd, aa-bb-cc-dd, aabbccdd
+_FOUR_BYTES_HEX = re.compile(r"^(?:{h}([:-]){h}\1{h}\1{h}|[0-9A-Fa-f]{{8}})$".format(h=_HEX2))
+# 192.168.1.1: the dotted decimal form ether-wake accepts for 4-byte passwords
+_FOUR_BYTES_DECIMAL = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+
+
+class WakeOnLanError(Exception):
+    pass
+
+
+def _hex_digits(text):
+    return re.sub(r"[:.\-]", "", text)
+
+
+def parse_mac(text):
+    """The 6 bytes of a MAC address written as aa:bb:cc:dd:ee:ff, aa-bb-..., aabb.ccdd.eeff or aabbccddeeff."""
+    value = (text or "").strip()
+    if not _SIX_BYTES.match(value):
+        raise ValueError(
+            "invalid MAC address %r: expected 6 bytes as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, "
+            "aabb.ccdd.eeff or aabbccddeeff" % (text,)
+        )
+    return bytes(bytearray.fromhex(_hex_digits(value)))
+
+
+def format_mac(mac_bytes):
+    """aa:bb:cc:dd:ee:ff, lower case: the form every result reports."""
+    return ":".join("%02x" % b for b in bytearray(mac_bytes))
+
+
+def parse_secureon(text):
+    """The 4 or 6 bytes of a SecureOn password.
+
+    6 bytes are written like a MAC address; 4 bytes as aa:bb:cc:dd, aa-bb-cc-dd, aabbccdd or, as
+    ether-wake accepts them, dotted decimal (192.168.1.1). Error messages never repeat the value:
+    it is a secret.
+    """
+    value = (text or "").strip()
+    if _SIX_BYTES.match(value) or _FOUR_BYTES_HEX.match(value):
+        return bytes(bytearray.fromhex(_hex_digits(value)))
+    decimal = _FOUR_BYTES_DECIMAL.match(value)
+    if decimal and all(int(part) <= 255 for part in decimal.groups()):
+        return bytes(bytearray(int(part) for part in decimal.groups()))
+    raise ValueError(
+        "invalid SecureOn password: expected 6 bytes (aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, "
+        "aabbccddeeff) or 4 bytes (aa:bb:cc:dd, aabbccdd, or dotted decimal like 192.168.1.1)"
+    )
+
+
+def build_magic_packet(mac_bytes, password=b""):
+    """6 x 0xFF, the MAC 16 times, then the SecureOn password if any: 102, 106 or 108 bytes."""
+    mac_bytes = bytes(mac_bytes)
+    password = bytes(password or b"")
+    if len(mac_bytes) != 6:
+        raise ValueError("a MAC address has 6 bytes, got %d" % len(mac_bytes))
+    if len(password) not in (0, 4, 6):
+        raise ValueError("a SecureOn password has 4 or 6 bytes, got %d" % len(password))
+    return SYNC_STREAM + mac_bytes * MAC_REPEAT + password
+
+
+def send_magic_packet(packet, broadcast, port, interface=None):
+    """Send one magic packet (a UDP datagram) to ``broadcast``:``port``, from ``interface`` if set.
+
+    Raises WakeOnLanError when the wakeonlan library is too old for a SecureOn packet, OSError when
+    the network refuses (no route, unknown source address, ...).
+    """
+    create_socket = getattr(wakeonlan, "create_socket", None)
+    if create_socket is not None:  # wakeonlan >= 4.0
+        sock = create_socket(host=broadcast, port=port, interface=interface or None)
+        try:
+            sock.send(packet)
+        finally:
+            sock.close()
+        return
+    if len(packet) != PLAIN_PACKET_LENGTH:
+        raise WakeOnLanError(
+            "SecureOn passwords need the wakeonlan library >= 4.0 on the host that sends the packet "
+            "(found %s)" % getattr(wakeonlan, "__version__", "an older version")
+        )
+    # wakeonlan 3.x: no create_socket, but the same packet from the MAC alone.
+    wakeonlan.send_magic_packet(
+        format_mac(packet[6:12]), ip_address=broadcast, port=port, interface=interface or None
+    )
+
+
+def tcp_answers(host, port, timeout):
+    """(True, None) when a TCP connection to host:port is accepted within timeout, else (False, why)."""
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, socket.timeout) as exc:
+        return False, str(exc) or exc.__class__.__name__
+    conn.close()
+    return True, None
+
+
+def icmp_answers(ping_path, host, timeout):
+    """(True, None) when one ICMP echo to host is answered within timeout (whole seconds), else (False, why)."""
+    wait = str(max(1, int(math.ceil(timeout))))
+    try:
+        proc = subprocess.run(
+            [ping_path, "-c", "1", "-W", wait, host],
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=float(wait) + 5,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "ping did not return"
+    if proc.returncode == 0:
+        return True, None
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    return False, "ping exited %d%s" % (proc.returncode, (": " + lines[-1]) if lines else "")
+
+
+def wait_until_answers(
+    probe, timeout, delay=0.0, sleep=1.0, probe_timeout=2.0, started=None, clock=time.monotonic, pause=time.sleep
+):
+    """Call ``probe(limit) -> (ok, why)`` until ok or ``timeout`` seconds after ``started``.
+
+    The first probe comes ``delay`` seconds after ``started``, then one every ``sleep`` seconds;
+    each may take ``probe_timeout`` seconds, cut to what is left (at least 0.1 s, so that the
+    last check may happen at the deadline itself).
+    Returns ``(answered, seconds since started, last reason)``.
+    """
+    started = clock() if started is None else started
+    deadline = started + timeout
+    if delay > 0:
+        pause(max(0.0, min(started + delay, deadline) - clock()))
+    while True:
+        ok, why = probe(max(0.1, min(probe_timeout, deadline - clock())))
+        if ok:
+            return True, clock() - started, None
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return False, clock() - started, why
+        pause(min(sleep, remaining))

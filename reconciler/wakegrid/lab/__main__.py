@@ -1,0 +1,5 @@
+import sys
+
+from wakegrid.lab.cli import main
+
+sys.exit(main())

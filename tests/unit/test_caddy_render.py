@@ -1,0 +1,313 @@
+"""plugins/module_utils/caddy.py, the pure half: rendering, semantic comparison, planning, parsing."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_module_utils():
+    # Loaded from its file: it imports only the stdlib, so it needs no collection path.
+    path = REPO / "plugins" / "module_utils" / "caddy.py"
+    spec = importlib.util.spec_from_file_location("wakegrid_fleet_module_utils_caddy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+caddy = _load_module_utils()
+
+DIJON = {"dial": "10.200.1.30:8096", "site": "dijon", "priority": 1}
+THORY = {"dial": "10.200.2.30:8096", "site": "thory", "priority": 2}
+
+
+def proxy_of(route: dict) -> dict:
+    handle = route["handle"][0]
+    if handle["handler"] == "subroute":
+        return handle["routes"][-1]["handle"][0]
+    return handle
+
+
+def base_config(*routes: dict, server: str = "wakegrid") -> dict:
+    return {"apps": {"http": {"servers": {server: {"listen": [":443"], "routes": list(routes)}}}}}
+
+
+# --- durations ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "ns"), [
+    ("2s", 2_000_000_000), ("250ms", 250_000_000), ("1m30s", 90_000_000_000), ("1.5h", 5_400_000_000_000),
+    ("2d", 172_800_000_000_000), ("0", 0), ("0s", 0), (1500, 1500), ("300", 300), ("10us", 10_000),
+])
+def test_parse_duration(text, ns):
+    assert caddy.parse_duration(text) == ns
+
+
+@pytest.mark.parametrize("text", ["", "soon", "2 s", "5x", "s", True, None, "1m30"])
+def test_parse_duration_rejects_garbage(text):
+    with pytest.raises(ValueError):
+        caddy.parse_duration(text)
+
+
+# --- policy choice --------------------------------------------------------------------
+
+
+def test_auto_policy_is_strict_failover_when_priorities_differ_and_orders_by_priority():
+    policy, ordered = caddy.choose_policy([THORY, DIJON])
+    assert policy == "first"
+    assert [u["site"] for u in ordered] == ["dijon", "thory"]
+
+
+def test_auto_policy_is_weighted_when_weights_differ():
+    ups = [{"dial": "a:1", "weight": 3}, {"dial": "b:1", "weight": 1}]
+    assert caddy.choose_policy(ups) == ("weighted_round_robin", ups)
+
+
+def test_auto_policy_is_round_robin_for_equal_peers():
+    ups = [{"dial": "a:1"}, {"dial": "b:1", "weight": 1}]
+    assert caddy.choose_policy(ups)[0] == "round_robin"
+    same_priority = [dict(DIJON), dict(THORY, priority=1)]
+    assert caddy.choose_policy(same_priority)[0] == "round_robin"
+
+
+def test_priority_beats_weight_and_unprioritized_upstreams_go_last_in_given_order():
+    ups = [{"dial": "x:1", "weight": 5}, dict(THORY, weight=1), {"dial": "y:1"}, dict(DIJON, weight=2)]
+    policy, ordered = caddy.choose_policy(ups)
+    assert policy == "first"
+    assert [u["dial"] for u in ordered] == [DIJON["dial"], THORY["dial"], "x:1", "y:1"]
+
+
+def test_explicit_policy_is_kept():
+    assert caddy.choose_policy([DIJON, THORY], "least_conn")[0] == "least_conn"
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def test_render_failover_route_with_defaults():
+    route = caddy.render_route("stream", ["stream.example.org"], [THORY, DIJON])
+    assert route["@id"] == "wakegrid_stream"
+    assert route["match"] == [{"host": ["stream.example.org"]}]
+    assert route["terminal"] is True
+    proxy = proxy_of(route)
+    assert proxy["upstreams"] == [{"dial": DIJON["dial"]}, {"dial": THORY["dial"]}]
+    assert proxy["load_balancing"] == {"selection_policy": {"policy": "first"},
+                                       "try_duration": "5s", "try_interval": "250ms"}
+    assert proxy["transport"] == {"protocol": "http", "dial_timeout": "2s"}
+    assert proxy["health_checks"] == {"passive": {"fail_duration": "10s", "max_fails": 1}}
+    json.dumps(route)  # plain JSON, nothing Caddy could not read
+
+
+def test_render_weighted_round_robin_carries_weights_in_upstream_order():
+    ups = [{"dial": "a:1", "weight": 3}, {"dial": "b:1", "weight": 1}]
+    selection = proxy_of(caddy.render_route("api", ["api.example.org"], ups))["load_balancing"]["selection_policy"]
+    assert selection == {"policy": "weighted_round_robin", "weights": [3, 1]}
+
+
+def test_render_active_health_with_defaults_and_overrides():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON], health={"path": "/health", "interval": "2s",
+                                                                       "status": 200, "passes": None})
+    active = proxy_of(route)["health_checks"]["active"]
+    assert active == {"uri": "/health", "interval": "2s", "timeout": "2s", "passes": 2, "fails": 2,
+                      "expect_status": 200}
+
+
+def test_render_passive_health_can_be_turned_off_and_retries_too():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON], passive_health={"fail_duration": "0s"},
+                               try_duration="0")
+    proxy = proxy_of(route)
+    assert "health_checks" not in proxy
+    assert proxy["load_balancing"] == {"selection_policy": {"policy": "round_robin"}}
+
+
+def test_render_passive_unhealthy_status():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON],
+                               passive_health={"fail_duration": "30s", "max_fails": 3, "unhealthy_status": [502, 503]})
+    assert proxy_of(route)["health_checks"]["passive"] == {"fail_duration": "30s", "max_fails": 3,
+                                                           "unhealthy_status": [502, 503]}
+
+
+def test_render_allowlist_answers_403_before_the_proxy():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON], allow=["192.168.0.0/16", "10.200.0.0/16"])
+    (subroute,) = route["handle"]
+    assert subroute["handler"] == "subroute"
+    deny, proxy_route = subroute["routes"]
+    assert deny["match"] == [{"not": [{"client_ip": {"ranges": ["192.168.0.0/16", "10.200.0.0/16"]}}]}]
+    assert deny["handle"][0]["handler"] == "static_response" and deny["handle"][0]["status_code"] == 403
+    assert deny["terminal"] is True
+    assert proxy_route["handle"][0]["handler"] == "reverse_proxy"
+
+
+def test_render_needs_an_upstream():
+    with pytest.raises(ValueError):
+        caddy.render_route("s", ["s.example.org"], [])
+
+
+# --- semantic equality ----------------------------------------------------------------
+
+
+def test_routes_equal_ignores_key_order_duration_spelling_host_case_and_set_order():
+    route = caddy.render_route("s", ["a.example.org", "b.example.org"], [DIJON, THORY],
+                               allow=["10.0.0.0/8", "192.168.0.0/16"], health={"path": "/h"})
+    other = json.loads(json.dumps(route, sort_keys=True))  # every dict's keys reordered
+    other["match"][0]["host"] = ["B.example.org", "a.example.org"]
+    proxy = proxy_of(other)
+    proxy["load_balancing"]["try_duration"] = "5000ms"
+    proxy["load_balancing"]["try_interval"] = 250_000_000
+    proxy["health_checks"]["active"]["interval"] = "0.0833333333333333m"  # 5s, as Go would parse it
+    other["handle"][0]["routes"][0]["match"][0]["not"][0]["client_ip"]["ranges"].reverse()
+    other["handle"][0]["routes"][0]["handle"][0]["status_code"] = "403"
+    assert caddy.routes_equal(route, other)
+
+
+def test_routes_differ_on_upstream_order_policy_or_missing_options():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON, THORY])
+    swapped = copy.deepcopy(route)
+    proxy_of(swapped)["upstreams"].reverse()  # the failover order is meaningful
+    assert not caddy.routes_equal(route, swapped)
+    assert not caddy.routes_equal(route, caddy.render_route("s", ["s.example.org"], [DIJON, THORY], lb_policy="random"))
+    trimmed = copy.deepcopy(route)
+    del proxy_of(trimmed)["transport"]
+    assert not caddy.routes_equal(route, trimmed)
+    assert not caddy.routes_equal(route, None) and caddy.routes_equal(None, None)
+
+
+# --- planning -------------------------------------------------------------------------
+
+
+def test_plan_unchanged_route_writes_nothing():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON])
+    config = base_config(json.loads(json.dumps(route, sort_keys=True)))
+    plan = caddy.plan_change(config, "s", route)
+    assert not plan.changed and plan.write is None and plan.action == "none"
+
+
+def test_plan_create_inserts_before_a_catch_all_and_writes_the_servers_map():
+    catch_all = {"@id": "edge_fallback", "handle": [{"handler": "static_response", "status_code": 404}]}
+    wildcard = {"match": [{"host": ["*.example.org"]}], "handle": [{"handler": "static_response"}]}
+    other = {"match": [{"host": ["other.example.com"]}], "handle": [{"handler": "static_response"}]}
+    config = base_config(other, wildcard, catch_all)
+    route = caddy.render_route("s", ["s.example.org"], [DIJON])
+    plan = caddy.plan_change(config, "s", route)
+    assert plan.action == "create" and plan.before is None and plan.after == route
+    routes = plan.new_config["apps"]["http"]["servers"]["wakegrid"]["routes"]
+    assert routes == [other, route, wildcard, catch_all]
+    assert plan.write == ("PATCH", "/config/apps/http/servers", plan.new_config["apps"]["http"]["servers"])
+    assert config["apps"]["http"]["servers"]["wakegrid"]["routes"] == [other, wildcard, catch_all], "input mutated"
+
+
+def test_plan_update_keeps_the_route_in_place():
+    old = caddy.render_route("s", ["s.example.org"], [DIJON])
+    keep = {"match": [{"host": ["x.example.org"]}], "handle": [{"handler": "static_response"}]}
+    config = base_config(keep, old)
+    new = caddy.render_route("s", ["s.example.org"], [DIJON, THORY])
+    plan = caddy.plan_change(config, "s", new)
+    assert plan.action == "update" and plan.before == old and plan.after == new
+    assert plan.new_config["apps"]["http"]["servers"]["wakegrid"]["routes"] == [keep, new]
+
+
+def test_plan_moves_a_route_to_the_requested_server_in_one_write():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON])
+    config = base_config(route, server="old")
+    config["apps"]["http"]["servers"]["wakegrid"] = {"listen": [":443"], "routes": []}
+    plan = caddy.plan_change(config, "s", route, server="wakegrid")
+    assert plan.action == "move"
+    servers = plan.new_config["apps"]["http"]["servers"]
+    assert servers["old"]["routes"] == [] and servers["wakegrid"]["routes"] == [route]
+    assert plan.write[:2] == ("PATCH", "/config/apps/http/servers")
+
+
+def test_plan_remove_and_remove_nothing():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON])
+    plan = caddy.plan_change(base_config(route), "s", None)
+    assert plan.action == "remove" and plan.before == route and plan.after is None
+    assert plan.new_config["apps"]["http"]["servers"]["wakegrid"]["routes"] == []
+    assert caddy.plan_change(base_config(), "s", None).action == "none"
+
+
+def test_plan_missing_server_needs_listen_and_creates_the_missing_ancestors():
+    route = caddy.render_route("s", ["s.example.org"], [DIJON])
+    with pytest.raises(caddy.CaddyError, match=r"no HTTP server 'edge'.*listen"):
+        caddy.plan_change(base_config(), "s", route, server="edge")
+    plan = caddy.plan_change({"admin": {"listen": "localhost:2019"}}, "s", route, listen=[":443"])
+    assert plan.write == ("POST", "/config/apps",
+                          {"http": {"servers": {"wakegrid": {"listen": [":443"], "routes": [route]}}}})
+    plan = caddy.plan_change(None, "s", route, listen=[":443"])
+    assert plan.write[:2] == ("POST", "/config/")
+    plan = caddy.plan_change({"apps": {"http": {"http_port": 8080}}}, "s", route, listen=[":443"])
+    assert plan.write[:2] == ("POST", "/config/apps/http/servers")
+
+
+@pytest.mark.parametrize(("pattern", "host", "matches"), [
+    ("*.example.org", "stream.example.org", True),
+    ("*.example.org", "example.org", False),
+    ("*.example.org", "a.b.example.org", False),
+    ("STREAM.example.org", "stream.EXAMPLE.org", True),
+    ("*.*.org", "stream.example.org", True),
+    ("stream.example.org", "api.example.org", False),
+])
+def test_host_matches(pattern, host, matches):
+    assert caddy.host_matches(pattern, host) is matches
+
+
+# --- reading back ---------------------------------------------------------------------
+
+
+def test_parse_route_is_the_inverse_of_render():
+    ups = [{"dial": "a:1", "weight": 3}, {"dial": "b:1", "weight": 1}]
+    route = caddy.render_route("api", ["api.example.org"], ups, allow=["10.0.0.0/8"],
+                               health={"path": "/healthz"}, passive_health={"unhealthy_status": [502]})
+    parsed = caddy.parse_route("wakegrid", route)
+    assert parsed["name"] == "api" and parsed["route_id"] == "wakegrid_api" and parsed["server"] == "wakegrid"
+    assert parsed["domains"] == ["api.example.org"] and parsed["allow"] == ["10.0.0.0/8"]
+    assert parsed["lb_policy"] == "weighted_round_robin"
+    assert parsed["upstreams"] == [{"dial": "a:1", "order": 0, "weight": 3}, {"dial": "b:1", "order": 1, "weight": 1}]
+    assert parsed["health"] == {"path": "/healthz", "interval": "5s", "timeout": "2s", "passes": 2, "fails": 2,
+                                "status": None}
+    assert parsed["passive_health"] == {"fail_duration": "10s", "max_fails": 1, "unhealthy_status": [502]}
+    assert (parsed["try_duration"], parsed["try_interval"], parsed["dial_timeout"]) == ("5s", "250ms", "2s")
+
+
+def test_managed_routes_only_lists_wakegrid_ids():
+    ours = caddy.render_route("s", ["s.example.org"], [DIJON])
+    config = base_config({"@id": "edge_fallback", "handle": []}, ours, {"handle": []})
+    assert caddy.managed_routes(config) == [("wakegrid", ours)]
+    assert caddy.managed_routes(None) == [] and caddy.find_route({}, "wakegrid_s") is None
+
+
+def test_parse_upstreams_healthy_reads_caddys_gauge():
+    text = "\n".join([
+        "# HELP caddy_reverse_proxy_upstreams_healthy Health status of reverse proxy upstreams.",
+        "# TYPE caddy_reverse_proxy_upstreams_healthy gauge",
+        'caddy_reverse_proxy_upstreams_healthy{upstream="10.200.1.30:8096"} 1',
+        'caddy_reverse_proxy_upstreams_healthy{upstream="10.200.2.30:8096"} 0',
+        'caddy_reverse_proxy_upstream_requests_total{code="200",method="GET",upstream="10.200.1.30:8096"} 4',
+    ])
+    assert caddy.parse_upstreams_healthy(text) == {"10.200.1.30:8096": True, "10.200.2.30:8096": False}
+    assert caddy.parse_upstreams_healthy("") == {}
+
+
+# --- endpoints ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("endpoint", "parsed"), [
+    ("http://127.0.0.1:2019", ("tcp", "127.0.0.1", 2019)),
+    ("localhost:2019/", ("tcp", "localhost", 2019)),
+    ("http://[::1]:2019", ("tcp", "::1", 2019)),
+    ("unix:///run/caddy/admin.sock", ("unix", "/run/caddy/admin.sock", None)),
+    ("unix//run/caddy/admin.sock", ("unix", "/run/caddy/admin.sock", None)),
+])
+def test_parse_endpoint(endpoint, parsed):
+    assert caddy.parse_endpoint(endpoint) == parsed
+
+
+@pytest.mark.parametrize("endpoint", ["https://edge:2019", "http://127.0.0.1", "127.0.0.1:2019/config", ""])
+def test_parse_endpoint_rejects(endpoint):
+    with pytest.raises(caddy.CaddyError):
+        caddy.parse_endpoint(endpoint)
