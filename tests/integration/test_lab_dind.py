@@ -26,17 +26,12 @@ import pytest
 docker = pytest.importorskip("docker")
 
 from wakegrid.lab import dind  # noqa: E402
+from wakegrid.lab.image import ImageSpec, ensure_image  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
 LABEL = "wakegrid.test"
 RUN_ID = f"dind-{uuid.uuid4().hex[:8]}"
-HOST_IMAGE_REPO = "wakegrid-lab/host"
-
-
-def _lab_host_image(client) -> str | None:
-    tags = [tag for image in client.images.list(name=HOST_IMAGE_REPO) for tag in image.tags]
-    return sorted(tags)[-1] if tags else None
 
 
 def _is_static_elf64(path: str) -> bool:
@@ -79,10 +74,8 @@ def client():
 
 @pytest.fixture(scope="module")
 def host_image(client) -> str:
-    image = _lab_host_image(client)
-    if image is None:
-        pytest.skip(f"needs the lab host image ({HOST_IMAGE_REPO}:*); `wakegrid lab up` builds it")
-    return image
+    # The lab's own image: built once (debootstrap + docker import) and shared with the lab.
+    return ensure_image(client, ImageSpec())
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def print_howto(lab) -> None:
     print(f"  {' '.join(lab.ssh_command(some.node))}")
     for app in plan.apps[:3]:
         print(f"  curl http://{app.address}:{app.port}/          # {app.service} on {app.node}")
-    print(f"  ansible 'all:!containers' -i {lab.fleet_path} -m ansible.builtin.ping   # containers: no SSH")
+    print(f"  ansible all -i {lab.fleet_path} -m ansible.builtin.ping   # containers via their parent's Docker API")
     print(f"  wakegrid lab power nas off|on   ·   wakegrid lab cut-site {next(iter(lab.fleet.sites))}")
 
 
