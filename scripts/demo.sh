@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set the machine up, then validate and plan the example fleet.
-# (Later: bring up the one-machine lab and exercise the fleet against it.)
+# The main job: set the machine up, validate and plan the example fleet, then build the
+# one-machine lab from inventories/lab/lab.fleet.yml and show what runs and how to try it.
 # Any failing step stops the demo with a non-zero exit and says which step failed.
+# `wakegrid lab down inventories/lab/lab.fleet.yml` removes the lab again.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,4 +20,8 @@ step() {
 step wakegrid validate "$FLEET"
 step wakegrid plan "$FLEET" --start jellyfin
 step wakegrid plan "$FLEET" --stop pve1
-printf '\n==> demo OK\n'
+
+LAB=inventories/lab/lab.fleet.yml
+step wakegrid lab up "$LAB"
+step ansible all -i "$LAB" -m ansible.builtin.ping
+printf '\n==> demo OK: the lab is up (wakegrid lab status %s; wakegrid lab down %s)\n' "$LAB" "$LAB"
