@@ -86,7 +86,9 @@ run_sanity() {
 }
 
 # --offline: no version check against GitHub, no schema refresh, no Galaxy installs.
-run_lint() { ansible-lint --offline; }
+# ansible.cfg fails runs on an unparsed inventory (an invalid fleet must stop a play); the
+# linter's syntax checks run without an inventory, so let them.
+run_lint() { ANSIBLE_INVENTORY_UNPARSED_FAILED=false ansible-lint --offline; }
 
 declare -A took=()
 summary() {

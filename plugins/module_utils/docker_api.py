@@ -16,7 +16,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -40,27 +39,6 @@ except ImportError:
 
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-
-# Names the fleet inventory plugin uses for its groups, and Ansible's own: never suggested for nodes.
-RESERVED_FLEET_NAMES = frozenset(
-    (
-        "all",
-        "ungrouped",
-        "edge",
-        "sites",
-        "gateways",
-        "machines",
-        "vms",
-        "lxcs",
-        "containers",
-        "proxmox_hosts",
-        "docker_hosts",
-        "wireguard",
-        "wireguard_hub",
-        "wireguard_spokes",
-    )
-)
-FLEET_SECRET_KEYS = ("token_secret", "private_key", "secureon", "password")
 
 
 class DockerApiError(Exception):
@@ -216,31 +194,3 @@ def container_ports(attrs):
                 }
             )
     return sorted(ports, key=lambda p: (p["container_port"], p["protocol"], p["host_ip"] or "", p["host_port"] or 0))
-
-
-def fleet_secret_values(value):
-    """Every secret found in a fleet ``nodes`` structure, so that a module can hide them."""
-    found = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in FLEET_SECRET_KEYS and isinstance(item, str) and item:
-                found.append(item)
-            else:
-                found.extend(fleet_secret_values(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(fleet_secret_values(item))
-    return found
-
-
-def suggest_fleet_name(name, parent, taken):
-    """A fleet node name for a discovered container: its name made valid and unique in the fleet."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "container"
-    candidate = base
-    if candidate in taken or candidate in RESERVED_FLEET_NAMES:
-        candidate = "%s-%s" % (base, parent)
-    suffix = 2
-    while candidate in taken or candidate in RESERVED_FLEET_NAMES:
-        candidate = "%s-%s-%d" % (base, parent, suffix)
-        suffix += 1
-    return candidate

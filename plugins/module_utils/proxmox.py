@@ -25,6 +25,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import suggest_name
 
 PROXMOXER_IMP_ERR = None
 try:
@@ -65,30 +66,6 @@ TASK_LOG_LIMIT = 1000
 # Extra time granted to a shutdown task beyond the guest's own timeout: PVE needs a moment to
 # force the stop (force_stop) and to finish the task.
 TASK_GRACE = 30
-
-# Fleet names (docs/fleet.md): letters, digits, '_', '.', '-', and not a group the inventory
-# plugin creates.
-FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-RESERVED_FLEET_NAMES = frozenset(
-    (
-        "all",
-        "ungrouped",
-        "edge",
-        "sites",
-        "gateways",
-        "machines",
-        "vms",
-        "lxcs",
-        "containers",
-        "proxmox_hosts",
-        "docker_hosts",
-        "wireguard",
-        "wireguard_hub",
-        "wireguard_spokes",
-    )
-)
-# Keys of a fleet node that hold secrets; scrubbed from module output when fleet_nodes is given.
-FLEET_SECRET_KEYS = ("token_secret", "private_key", "secureon", "password")
 
 
 class ProxmoxError(Exception):
@@ -280,34 +257,9 @@ def fleet_parents(fleet_nodes):
     return parents
 
 
-def fleet_secret_values(value):
-    """Every secret found in a fleet ``nodes`` structure, so that the module can hide them."""
-    found = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in FLEET_SECRET_KEYS and isinstance(item, str) and item:
-                found.append(item)
-            else:
-                found.extend(fleet_secret_values(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(fleet_secret_values(item))
-    return found
-
-
 def suggest_fleet_name(guest, taken):
-    """A fleet node name for a discovered guest: its PVE name made valid and unique."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", guest.get("name") or "").strip("-.")
-    if not base:
-        base = "%s-%s" % (guest["kind"], guest["vmid"])
-    candidate = base
-    if candidate in taken or candidate in RESERVED_FLEET_NAMES:
-        candidate = "%s-%s" % (base, guest["vmid"])
-    suffix = 2
-    while candidate in taken or candidate in RESERVED_FLEET_NAMES:
-        candidate = "%s-%s-%d" % (base, guest["vmid"], suffix)
-        suffix += 1
-    return candidate
+    """A fleet node name for a discovered guest: its PVE name made valid and unique (else kind-vmid)."""
+    return suggest_name(guest.get("name"), guest["vmid"], taken, "%s-%s" % (guest["kind"], guest["vmid"]))
 
 
 def prefill_entry(guest):

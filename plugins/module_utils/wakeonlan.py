@@ -6,9 +6,10 @@
 """Wake-on-LAN for the wakegrid.fleet modules: magic packets and "does it answer yet?" probes.
 
 Packets are built here, not by the ``wakeonlan`` library, because the library only knows
-6-byte SecureOn passwords and NICs also accept 4-byte ones. The library still sends them: its
-``create_socket`` resolves the address (IPv4 or IPv6), enables broadcast and binds the source
-address. Everything but :func:`send_magic_packet` is standard library only.
+6-byte SecureOn passwords and NICs also accept 4-byte ones. The library sends them when it is
+installed (its ``create_socket`` resolves IPv4 or IPv6 and binds the source address); without
+it the standard library sends the very same datagram, so a site gateway needs nothing but
+Python (Debian has no package of the library, and bookworm's system Python refuses pip).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,16 +21,10 @@ import re
 import socket
 import subprocess
 import time
-import traceback
 
-WAKEONLAN_IMP_ERR = None
 try:
     import wakeonlan
-
-    HAS_WAKEONLAN = True
-except Exception:  # wakeonlan 4 does not even import on Python < 3.10 (PEP 604 annotations)
-    WAKEONLAN_IMP_ERR = traceback.format_exc()
-    HAS_WAKEONLAN = False
+except Exception:  # optional; wakeonlan 4 does not even import on Python < 3.10 (PEP 604 annotations)
     wakeonlan = None
 
 SYNC_STREAM = b"\xff" * 6
@@ -47,10 +42,6 @@ _SIX_BYTES = re.compile(
 _FOUR_BYTES_HEX = re.compile(r"^(?:{h}([:-]){h}\1{h}\1{h}|[0-9A-Fa-f]{{8}})$".format(h=_HEX2))
 # 192.168.1.1: the dotted decimal form ether-wake accepts for 4-byte passwords
 _FOUR_BYTES_DECIMAL = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
-
-
-class WakeOnLanError(Exception):
-    pass
 
 
 def _hex_digits(text):
@@ -106,26 +97,22 @@ def build_magic_packet(mac_bytes, password=b""):
 def send_magic_packet(packet, broadcast, port, interface=None):
     """Send one magic packet (a UDP datagram) to ``broadcast``:``port``, from ``interface`` if set.
 
-    Raises WakeOnLanError when the wakeonlan library is too old for a SecureOn packet, OSError when
-    the network refuses (no route, unknown source address, ...).
+    Raises OSError when the network refuses (no route, unknown source address, ...).
     """
-    create_socket = getattr(wakeonlan, "create_socket", None)
-    if create_socket is not None:  # wakeonlan >= 4.0
+    create_socket = getattr(wakeonlan, "create_socket", None)  # wakeonlan >= 4.0
+    if create_socket is not None:
         sock = create_socket(host=broadcast, port=port, interface=interface or None)
-        try:
-            sock.send(packet)
-        finally:
-            sock.close()
-        return
-    if len(packet) != PLAIN_PACKET_LENGTH:
-        raise WakeOnLanError(
-            "SecureOn passwords need the wakeonlan library >= 4.0 on the host that sends the packet "
-            "(found %s)" % getattr(wakeonlan, "__version__", "an older version")
-        )
-    # wakeonlan 3.x: no create_socket, but the same packet from the MAC alone.
-    wakeonlan.send_magic_packet(
-        format_mac(packet[6:12]), ip_address=broadcast, port=port, interface=interface or None
-    )
+    else:
+        family, _, _, _, address = socket.getaddrinfo(broadcast, port, 0, socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if interface:
+            sock.bind((interface, 0))
+        sock.connect(address)
+    try:
+        sock.send(packet)
+    finally:
+        sock.close()
 
 
 def tcp_answers(host, port, timeout):

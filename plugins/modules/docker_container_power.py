@@ -28,6 +28,7 @@ author:
   - wakegrid engineers (@wakegrid)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - wakegrid.fleet.docker
 attributes:
   check_mode:
     support: full
@@ -60,6 +61,7 @@ options:
     description:
       - Seconds the container gets to stop after its stop signal before Docker kills it.
       - Defaults to the container's own C(StopTimeout), else Docker's 10 seconds.
+      - It is added to the API time limit O(api_timeout) of the request that stops the container.
     type: int
   wait_healthy:
     description:
@@ -73,69 +75,7 @@ options:
       - Seconds to wait for the container to be up (running, and healthy with O(wait_healthy)).
     type: int
     default: 120
-  docker_host:
-    description:
-      - The Docker API, V(unix:///path/to/docker.sock), V(tcp://host:2375) (V(tcp://host:2376)
-        with TLS) or V(ssh://user@host).
-      - If not set, the value of the E(DOCKER_HOST) environment variable is used.
-    type: str
-    default: unix:///var/run/docker.sock
-    aliases: [docker_url]
-  tls:
-    description:
-      - Use TLS without verifying the server certificate. See O(validate_certs) to verify it.
-      - If not set, the value of the E(DOCKER_TLS) environment variable is used.
-    type: bool
-    default: false
-  validate_certs:
-    description:
-      - Use TLS and verify the server certificate against O(ca_path) (or the system CAs).
-      - If not set, the value of the E(DOCKER_TLS_VERIFY) environment variable is used.
-    type: bool
-    default: false
-    aliases: [tls_verify]
-  ca_path:
-    description:
-      - CA certificate to verify the server with. Defaults to C(ca.pem) in E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [ca_cert, tls_ca_cert, cacert_path]
-  client_cert:
-    description:
-      - Client certificate for TLS client authentication. Defaults to C(cert.pem) in
-        E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [tls_client_cert, cert_path]
-  client_key:
-    description:
-      - Private key of O(client_cert). Defaults to C(key.pem) in E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [tls_client_key, key_path]
-  api_version:
-    description:
-      - Docker API version to use; V(auto) negotiates the server's.
-      - If not set, the value of the E(DOCKER_API_VERSION) environment variable is used.
-    type: str
-    default: auto
-    aliases: [docker_api_version]
-  api_timeout:
-    description:
-      - Seconds each request to the API may take (the time to stop a container is added to its
-        request).
-      - If not set, the value of the E(DOCKER_TIMEOUT) environment variable is used.
-    type: int
-    default: 60
-  use_ssh_client:
-    description:
-      - For V(ssh://) hosts, run the C(ssh) command instead of paramiko.
-    type: bool
-    default: false
-requirements:
-  - docker (the Docker SDK for Python) >= 7.0
 notes:
-  - The connection options are those of community.docker, with the same aliases and environment
-    variables, except that the API time limit is O(api_timeout) (community.docker's C(timeout))
-    and that there is no C(tls_hostname) (the Docker SDK 7 dropped it; the certificate must match
-    the host in O(docker_host)).
   - Docker runs health checks at the interval the container defines; a check at
     C(--health-interval=30s) makes a start take at least that long with O(wait_healthy).
 seealso:

@@ -28,6 +28,7 @@ author:
   - wakegrid engineers (@wakegrid)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - wakegrid.fleet.docker
 attributes:
   check_mode:
     support: full
@@ -68,67 +69,7 @@ options:
       - Fleet containers filtered out are not reported in RV(missing) when the Docker host has them.
     type: dict
     default: {}
-  docker_host:
-    description:
-      - The Docker API, V(unix:///path/to/docker.sock), V(tcp://host:2375) (V(tcp://host:2376)
-        with TLS) or V(ssh://user@host).
-      - If not set, the value of the E(DOCKER_HOST) environment variable is used.
-    type: str
-    default: unix:///var/run/docker.sock
-    aliases: [docker_url]
-  tls:
-    description:
-      - Use TLS without verifying the server certificate. See O(validate_certs) to verify it.
-      - If not set, the value of the E(DOCKER_TLS) environment variable is used.
-    type: bool
-    default: false
-  validate_certs:
-    description:
-      - Use TLS and verify the server certificate against O(ca_path) (or the system CAs).
-      - If not set, the value of the E(DOCKER_TLS_VERIFY) environment variable is used.
-    type: bool
-    default: false
-    aliases: [tls_verify]
-  ca_path:
-    description:
-      - CA certificate to verify the server with. Defaults to C(ca.pem) in E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [ca_cert, tls_ca_cert, cacert_path]
-  client_cert:
-    description:
-      - Client certificate for TLS client authentication. Defaults to C(cert.pem) in
-        E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [tls_client_cert, cert_path]
-  client_key:
-    description:
-      - Private key of O(client_cert). Defaults to C(key.pem) in E(DOCKER_CERT_PATH).
-    type: path
-    aliases: [tls_client_key, key_path]
-  api_version:
-    description:
-      - Docker API version to use; V(auto) negotiates the server's.
-      - If not set, the value of the E(DOCKER_API_VERSION) environment variable is used.
-    type: str
-    default: auto
-    aliases: [docker_api_version]
-  api_timeout:
-    description:
-      - Seconds each request to the API may take.
-      - If not set, the value of the E(DOCKER_TIMEOUT) environment variable is used.
-    type: int
-    default: 60
-  use_ssh_client:
-    description:
-      - For V(ssh://) hosts, run the C(ssh) command instead of paramiko.
-    type: bool
-    default: false
-requirements:
-  - docker (the Docker SDK for Python) >= 7.0
 notes:
-  - The connection options are those of community.docker, with the same aliases and environment
-    variables, except that the API time limit is O(api_timeout) and that there is no
-    C(tls_hostname).
   - Suggested names are the container names, made unique against O(fleet_nodes) (and names the
     fleet reserves for groups) by appending O(parent).
 seealso:
@@ -253,11 +194,10 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     container_ports,
     container_status,
     docker_argument_spec,
-    fleet_secret_values,
     health_status,
     inspect_container,
-    suggest_fleet_name,
 )
+from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import fleet_secret_values, suggest_name
 
 
 def fleet_containers(params):
@@ -302,7 +242,7 @@ def discover(client, params):
     for entry in containers:
         if entry["configured"]:
             continue
-        suggested = suggest_fleet_name(entry["name"], params["parent"], taken | set(unconfigured))
+        suggested = suggest_name(entry["name"], params["parent"], taken | set(unconfigured), "container")
         entry["suggested_name"] = suggested
         entry["fleet_entry"] = {"kind": "container", "parent": params["parent"], "container": entry["name"]}
         unconfigured[suggested] = entry["fleet_entry"]

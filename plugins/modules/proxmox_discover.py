@@ -221,9 +221,9 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.proxmox import (
     check_libraries,
     classify_guests,
     fleet_parents,
-    fleet_secret_values,
     proxmox_argument_spec,
 )
+from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import fleet_secret_values
 
 
 def discover(client, params):

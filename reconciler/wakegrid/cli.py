@@ -5,6 +5,7 @@ Exit codes scripts can rely on:
   1  the fleet file is invalid (every problem is listed)
   2  usage error (bad arguments, unknown node)
   3  the plan is blocked (it says why; nothing would be done)
+  4  a step failed while acting (wake, shutdown, discover: the message names the step)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from wakegrid import __version__
+from wakegrid.actuate import add_power_commands
 from wakegrid.graph import Plan, PlanError, start_plan, stop_plan
 from wakegrid.model import Fleet, FleetError, load_fleet
 
@@ -82,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=_plan)
+
+    add_power_commands(commands)
 
     # Listed for --help; dispatched in main() so the lab's own parser owns its options.
     commands.add_parser("lab", help="build and drive a whole fleet on this machine (wakegrid lab --help)")

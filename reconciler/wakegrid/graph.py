@@ -258,8 +258,11 @@ def _dependency_verdicts(
     """For each running dependency of what is stopping: "stop", "keep" or "propose", with why."""
     gone = set(stopping)
     verdicts: dict[str, tuple[str, Note]] = {}
-    # Only what really stops frees its dependencies; a node already down frees nothing new.
-    for name in _dependencies_of(fleet, [n for n in stopping if n in up]):
+    # Only what really stops frees its dependencies; behind nodes already down, only the
+    # dependencies a person confirmed (a shutdown re-run with --confirm after its proposal).
+    candidates = _dependencies_of(fleet, [n for n in stopping if n in up])
+    candidates += [n for n in _confirmed_behind(fleet, stopping, up, confirmed) if n not in candidates]
+    for name in candidates:
         if name in gone or name not in up:
             continue
         users = _active_dependants(fleet, name, up, gone)
@@ -335,6 +338,23 @@ def _stop_order(fleet: Fleet, members: set[str], roots: list[str]) -> list[str]:
     for root in roots:
         visit(root)
     return order
+
+
+def _confirmed_behind(fleet: Fleet, stopping: list[str], up: Collection[str], confirmed: Collection[str]) -> list[str]:
+    """Confirmed running dependencies reached from the down part of the cascade through down nodes."""
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = [name for name in stopping if name not in up]
+    while todo:
+        for dependency in fleet.dependencies_of(todo.pop(0)):
+            if dependency in seen:
+                continue
+            seen.add(dependency)
+            if dependency not in up:
+                todo.append(dependency)
+            elif dependency in confirmed:
+                found.append(dependency)
+    return found
 
 
 def _dependencies_of(fleet: Fleet, names: Iterable[str]) -> list[str]:

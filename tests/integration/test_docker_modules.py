@@ -14,13 +14,8 @@ Needs root and Docker Engine (the local socket).
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import re
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -29,10 +24,10 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE = REPO / ".venv" / "bin" / "ansible"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # noqa: E402  the helper next to this file, whatever the rootdir or import mode
+
 IMAGE = "wakegrid-test/busybox:latest"
-BUSYBOX = "/bin/busybox"
 DOCKER_HOST = "unix:///var/run/docker.sock"
 LABEL = "wakegrid.test"
 RUN_ID = f"dockermod-{uuid.uuid4().hex[:8]}"
@@ -42,15 +37,6 @@ MS = 1_000_000  # health check durations are in nanoseconds
 SERVE = "trap 'exit 0' TERM; {before} sleep 3600 & wait"
 
 
-def _docker_client():
-    try:
-        client = docker.DockerClient(base_url=DOCKER_HOST)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"needs a Docker Engine on {DOCKER_HOST}: {exc}")
-    return client
-
-
 def _busybox_image(client) -> str:
     """wakegrid-test/busybox:latest: busybox plus one symlink per applet, nothing else."""
     try:
@@ -58,24 +44,9 @@ def _busybox_image(client) -> str:
         return IMAGE
     except docker.errors.ImageNotFound:
         pass
-    if not os.path.exists(BUSYBOX):
-        subprocess.run(["apt-get", "install", "-y", "busybox-static"], check=True, capture_output=True)
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for directory in ("bin", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(BUSYBOX, arcname="bin/busybox")
-        for applet in applets:
-            if applet != "busybox":
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(link)
-    repository, tag = IMAGE.split(":")
-    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag)
-    return IMAGE
+    busybox = support.ensure_static_busybox()
+    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    return support.import_busybox(client, IMAGE.split(":")[1], applets=applets, directories=("bin", "tmp"))
 
 
 def _remove_run_containers(client) -> None:
@@ -85,9 +56,10 @@ def _remove_run_containers(client) -> None:
 
 @pytest.fixture(scope="module")
 def engine():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the Docker socket)")
-    client = _docker_client()
+    reason = support.root_reason("(the Docker socket)")
+    if reason:
+        pytest.skip(reason)
+    client = support.docker_client(DOCKER_HOST)
     image = _busybox_image(client)
     names = {}
 
@@ -125,35 +97,19 @@ def engine():
 @pytest.fixture(scope="module")
 def collections(tmp_path_factory) -> Path:
     """A collections path where ansible_collections/wakegrid/fleet is this repository."""
-    root = tmp_path_factory.mktemp("collections")
-    (root / "ansible_collections" / "wakegrid").mkdir(parents=True)
-    (root / "ansible_collections" / "wakegrid" / "fleet").symlink_to(REPO)
-    return root
+    return support.collections_path(tmp_path_factory.mktemp("collections"))
 
 
 @pytest.fixture
 def run_module(collections, tmp_path):
-    config = tmp_path / "ansible.cfg"
-    config.write_text("[defaults]\n")  # neither the repository's nor the user's ansible.cfg
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(collections),
-        ANSIBLE_CONFIG=str(config),
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-    )
+    env = support.ansible_env(collections, tmp_path / "ansible.cfg", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"))
     env.pop("DOCKER_HOST", None)
 
     def run(module: str, args: dict, check_mode: bool = False) -> tuple[str, dict, str]:
         """Run the module through the ``ansible`` CLI; return (status, result, all output)."""
-        cmd = [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local"]
-        cmd += ["-e", f"ansible_python_interpreter={sys.executable}", "-m", f"wakegrid.fleet.{module}"]
-        cmd += ["-a", json.dumps({"docker_host": DOCKER_HOST, **args}), *(["--check"] if check_mode else [])]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-        # the adhoc 'minimal' callback: "localhost | CHANGED => {...}"
-        match = re.search(r"^localhost \| (\w+!?) => (\{.*?^\})", proc.stdout, re.M | re.S)
-        assert match, f"no result in the output of {cmd}:\n{proc.stdout}\n{proc.stderr}"
-        return match.group(1), json.loads(match.group(2)), proc.stdout + proc.stderr
+        args = {"docker_host": DOCKER_HOST, **args}
+        cmd = support.adhoc_command(module, args, *(["--check"] if check_mode else []))
+        return support.run_adhoc(cmd, env, tmp_path)
 
     return run
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import glob
 import io
-import ipaddress
 import os
-import random
-import struct
+import sys
 import tarfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -28,47 +27,25 @@ docker = pytest.importorskip("docker")
 from wakegrid.lab import dind  # noqa: E402
 from wakegrid.lab.image import ImageSpec, ensure_image  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # noqa: E402  the helper next to this file, whatever the rootdir or import mode
+
 pytestmark = pytest.mark.lab
 
 LABEL = "wakegrid.test"
 RUN_ID = f"dind-{uuid.uuid4().hex[:8]}"
 
 
-def _is_static_elf64(path: str) -> bool:
-    """No PT_INTERP program header: the binary runs in an image without a libc."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if data[:5] != b"\x7fELF\x02":
-        return False
-    (phoff,) = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def _static_busybox() -> str | None:
-    return next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p) and _is_static_elf64(p)), None)
-
-
 @pytest.fixture(scope="module")
 def client():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"needs a Docker Engine: {exc}")
-    if _static_busybox() is None:
+    reason = support.root_reason()
+    if reason:
+        pytest.skip(reason)
+    client = support.docker_client(timeout=120)
+    if support.static_busybox() is None:
         pytest.skip("needs a static busybox: apt-get install busybox-static")
     yield client
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
-        container.remove(force=True, v=True)
-    for volume in client.volumes.list(filters={"label": f"{LABEL}={RUN_ID}"}):
-        volume.remove(force=True)
-    for network in client.networks.list(filters={"label": f"{LABEL}={RUN_ID}"}):
-        network.remove()
-    for image in client.images.list(filters={"label": f"{LABEL}={RUN_ID}"}):
-        client.images.remove(image.id, force=True)
+    support.remove_labelled(client, f"{LABEL}={RUN_ID}")
     client.close()
 
 
@@ -80,28 +57,13 @@ def host_image(client) -> str:
 
 @pytest.fixture(scope="module")
 def busybox(client) -> str:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(_static_busybox(), arcname="bin/busybox")
-    client.api.import_image_from_data(
-        buffer.getvalue(), repository="wakegrid-test/busybox", tag=RUN_ID, changes=[f"LABEL {LABEL}={RUN_ID}"]
-    )
-    return f"wakegrid-test/busybox:{RUN_ID}"
+    return support.import_busybox(client, RUN_ID, changes=[f"LABEL {LABEL}={RUN_ID}"])
 
 
 @pytest.fixture(scope="module")
 def lan(client):
-    for n in random.sample(range(100, 250), 20):
-        subnet = ipaddress.ip_network(f"10.239.{n}.0/24")
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
-        try:
-            return client.networks.create(
-                f"{RUN_ID}-lan", driver="bridge", internal=True, ipam=ipam, labels={LABEL: RUN_ID}
-            )
-        except docker.errors.APIError as exc:
-            if "overlap" not in str(exc).lower():
-                raise
-    pytest.fail("no free 10.239.N.0/24 for the test LAN")
+    network, _ = support.create_test_lan(client, f"{RUN_ID}-lan", {LABEL: RUN_ID})
+    return network
 
 
 def _tar(files: dict[str, str]) -> bytes:
@@ -116,17 +78,8 @@ def _tar(files: dict[str, str]) -> bytes:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = predicate()
-        except Exception:
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    # exceptions only mean "not yet": the guest's services are still coming up
+    return support.wait_for(predicate, timeout, interval=0.2, what=what, errors=(Exception,))
 
 
 def _inner_client(address: str):

@@ -13,28 +13,20 @@ fixture), 302 "mover" (lxc, pve2, running, restart-migrated to pve1 by the secon
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.tools import Tasks
 
 from wakegrid.lab import pve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pve_support as support  # the helper next to this file, whatever the rootdir or import mode
-
-REPO = Path(__file__).resolve().parents[2]
-LAB_DIR = REPO / "reconciler" / "wakegrid" / "lab"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+import support  # the helper next to this file, whatever the rootdir or import mode
 
 pytestmark = pytest.mark.lab
 
@@ -44,21 +36,11 @@ MIGRATE_DELAY = 6  # long enough for the next task of a (slow, loaded) play to s
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to drive the Docker Engine"
-    if not ANSIBLE_PLAYBOOK.exists():
+    if reason := support.root_reason("to drive the Docker Engine"):
+        return reason
+    if not Path(support.ANSIBLE_PLAYBOOK).exists():
         return f"no ansible-playbook next to {sys.executable}"
-    try:
-        res = support.docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"docker CLI unusable: {exc}"
-    return None if res.returncode == 0 else f"Docker Engine unavailable: {res.stderr.strip()[:200]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return support.docker_cli_reason()
 
 
 class Lab:
@@ -79,13 +61,10 @@ class Lab:
         self.run_id = uuid.uuid4().hex[:8]
         self.secret = secrets.token_hex(16)
         self.password = secrets.token_hex(12)
-        self.ports = {"pve1": _free_port(), "pve2": _free_port()}
+        self.ports = {"pve1": support.free_port(), "pve2": support.free_port()}
         self.dir = root / "etc-pve"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.collections = root / "collections"
-        link = self.collections / "ansible_collections" / "wakegrid" / "fleet"
-        link.parent.mkdir(parents=True)
-        link.symlink_to(REPO)
+        self.collections = support.collections_path(root / "collections")
         self.plays = 0
         self.migration = ""  # UPID of the fixture's migration of CT 301
 
@@ -98,47 +77,17 @@ class Lab:
         pve.init_cluster(self.dir, "wakegrid-modules", nodes, tokens={TOKEN_ID: self.secret}, users=users)
         for vmid, kind, node, name, running, tags, options in self.GUESTS:
             container = self.container(vmid)
-            support.docker("rm", "-f", container, check=False)
-            support.docker(
-                "create",
-                "--name",
-                container,
-                "--label",
-                f"{support.TEST_LABEL}={support.TEST_LABEL_VALUE}",
-                "--label",
-                f"wakegrid-test-run={self.run_id}",
-                "--network",
-                "none",
-                *options,
-                self.image,
-            )
-            if running:
-                support.docker("start", container)
+            support.create_guest_container(self.image, container, self.run_id, running, *options)
             pve.write_guest(
                 self.dir, vmid, type=kind, node=node, name=name, container=container, tags=tags, cpus=2, maxmem=MAXMEM
             )
 
     def start(self, node: str) -> None:
-        log = (self.root / f"{node}.log").open("w")
-        cmd = [sys.executable, "-I", "-S", str(LAB_DIR / "pve.py"), "--node", node, "--cluster-dir", str(self.dir)]
-        cmd += ["--listen", "127.0.0.1", "--port", str(self.ports[node]), "--migrate-delay", str(MIGRATE_DELAY)]
-        self.procs[node] = subprocess.Popen([*cmd, "--stop-timeout", "5"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.procs[node].poll() is None, (self.root / f"{node}.log").read_text()
-            try:
-                requests.get(f"https://127.0.0.1:{self.ports[node]}/api2/json/version", verify=False, timeout=2)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError(f"emulator {node} did not come up")
+        options = ("--migrate-delay", str(MIGRATE_DELAY), "--stop-timeout", "5")
+        self.procs[node] = support.start_emulator(self.root, node, self.dir, self.ports[node], *options)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        support.remove_test_containers(self.run_id)
+        support.stop_emulators(self.procs, self.run_id)
 
     def api(self, node: str = "pve2") -> ProxmoxAPI:
         user, token = TOKEN_ID.split("!")
@@ -179,16 +128,14 @@ class Lab:
         playbook = self.root / f"play-{self.plays}.yml"
         play = {"hosts": "localhost", "gather_facts": False, "tasks": play_tasks}
         playbook.write_text(json.dumps([play]))  # JSON is YAML
-        env = {
-            **os.environ,
-            "ANSIBLE_COLLECTIONS_PATH": str(self.collections),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCALHOST_WARNING": "False",
-            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,  # the venv: it has proxmoxer
-            "ANSIBLE_PIPELINING": "True",  # no temporary module files: faster, same module code path
-        }
-        cmd = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(playbook)]
+        env = support.ansible_env(
+            self.collections,
+            ANSIBLE_LOCALHOST_WARNING="False",
+            ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
+            ANSIBLE_PYTHON_INTERPRETER=sys.executable,  # the venv: it has proxmoxer
+            ANSIBLE_PIPELINING="True",  # no temporary module files: faster, same module code path
+        )
+        cmd = [support.ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", str(playbook)]
         if verbosity:
             cmd.append("-" + "v" * verbosity)
         proc = subprocess.run(cmd, cwd=self.root, env=env, capture_output=True, text=True, timeout=240)

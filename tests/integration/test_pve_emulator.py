@@ -7,13 +7,10 @@ have Debian's python3. The tests share that one cluster and run in file order (S
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -26,32 +23,12 @@ from proxmoxer.tools import Tasks
 from wakegrid.lab import pve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pve_support as support  # the helper next to this file, whatever the rootdir or import mode
-
-REPO = Path(__file__).resolve().parents[2]
-LAB_DIR = REPO / "reconciler" / "wakegrid" / "lab"
+import support  # the helper next to this file, whatever the rootdir or import mode
+from support import wait_for
 
 pytestmark = pytest.mark.lab
 
 TOKEN_USER, TOKEN_NAME = "root@pam", "wakegrid"
-
-
-def _docker_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to drive the Docker Engine"
-    try:
-        res = support.docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"docker CLI unusable: {exc}"
-    if res.returncode != 0:
-        return f"Docker Engine unavailable: {res.stderr.strip()[:200]}"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Cluster:
@@ -62,7 +39,7 @@ class Cluster:
         self.run_id = uuid.uuid4().hex[:8]
         self.secret = secrets.token_hex(16)
         self.password = secrets.token_hex(8)
-        self.ports = {"pve1": _free_port(), "pve2": _free_port()}
+        self.ports = {"pve1": support.free_port(), "pve2": support.free_port()}
         self.procs: dict[str, subprocess.Popen] = {}
         self.image = image
         self.dir = root / "etc-pve"
@@ -103,38 +80,8 @@ class Cluster:
             )
 
     def start(self, node: str) -> None:
-        logfile = (self.root / f"{node}.log").open("w")
-        # -I -S: no site-packages, the loose file next to engine.py, as inside a lab host
-        cmd = [
-            sys.executable,
-            "-I",
-            "-S",
-            str(LAB_DIR / "pve.py"),
-            "--node",
-            node,
-            "--cluster-dir",
-            str(self.dir),
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(self.ports[node]),
-            "--migrate-delay",
-            "1.5",
-            "--stop-timeout",
-            "5",
-            "--log-level",
-            "DEBUG",
-        ]
-        self.procs[node] = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.procs[node].poll() is None, self.log(node)
-            try:
-                requests.get(f"https://127.0.0.1:{self.ports[node]}/api2/json/version", verify=False, timeout=2)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError(f"emulator {node} did not come up:\n{self.log(node)}")
+        options = ("--migrate-delay", "1.5", "--stop-timeout", "5", "--log-level", "DEBUG")
+        self.procs[node] = support.start_emulator(self.root, node, self.dir, self.ports[node], *options)
 
     def log(self, node: str) -> str:
         return (self.root / f"{node}.log").read_text()
@@ -157,16 +104,12 @@ class Cluster:
         return f"https://127.0.0.1:{self.ports[node]}/api2/json{path}"
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        support.remove_test_containers(self.run_id)
+        support.stop_emulators(self.procs, self.run_id)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    reason = _docker_available()
+    reason = support.root_reason("to drive the Docker Engine") or support.docker_cli_reason()
     if reason:
         pytest.skip(reason)
     image = support.ensure_guest_image()
@@ -178,16 +121,6 @@ def cluster(tmp_path_factory):
         yield lab
     finally:
         lab.stop_all()
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def run_task(api: ProxmoxAPI, upid: str) -> tuple[dict, str]:

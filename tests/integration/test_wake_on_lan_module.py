@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE = REPO / ".venv" / "bin" / "ansible"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # the helper next to this file, whatever the rootdir or import mode
+
 NS_SENDER, NS_MACHINE = "wolmod-a", "wolmod-b"
 VETH_SENDER, VETH_MACHINE = "wolmod-va", "wolmod-vb"
 SENDER_IP, MACHINE_IP, WOKEN_IP = "10.242.0.1", "10.242.0.2", "10.242.0.3"
@@ -113,10 +113,7 @@ def lan():
 @pytest.fixture(scope="module")
 def collections(tmp_path_factory) -> Path:
     """A collections path where ansible_collections/wakegrid/fleet is this repository."""
-    root = tmp_path_factory.mktemp("collections")
-    (root / "ansible_collections" / "wakegrid").mkdir(parents=True)
-    (root / "ansible_collections" / "wakegrid" / "fleet").symlink_to(REPO)
-    return root
+    return support.collections_path(tmp_path_factory.mktemp("collections"))
 
 
 class Machine:
@@ -162,23 +159,10 @@ def start_machine(lan, tmp_path):
 
 def run_module(collections: Path, tmp_path: Path, args: dict, check_mode: bool = False) -> tuple[str, dict, str]:
     """Run the module through the ``ansible`` CLI inside wolmod-a; return (status, result, all output)."""
-    config = tmp_path / "ansible.cfg"
-    config.write_text("[defaults]\n")  # neither the repository's nor the user's ansible.cfg
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(collections),
-        ANSIBLE_CONFIG=str(config),
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    cmd = ["ip", "netns", "exec", NS_SENDER, str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local"]
-    cmd += ["-e", f"ansible_python_interpreter={sys.executable}", "-m", "wakegrid.fleet.wake_on_lan"]
-    cmd += ["-a", json.dumps(args), *(["--check"] if check_mode else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    # the adhoc 'minimal' callback: "localhost | CHANGED => {...}"
-    match = re.search(r"^localhost \| (\w+!?) => (\{.*?^\})", proc.stdout, re.M | re.S)
-    assert match, f"no result in the output of {cmd}:\n{proc.stdout}\n{proc.stderr}"
-    return match.group(1), json.loads(match.group(2)), proc.stdout + proc.stderr
+    env = support.ansible_env(collections, tmp_path / "ansible.cfg", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"))
+    flags = ["--check"] if check_mode else []
+    cmd = support.adhoc_command("wake_on_lan", args, *flags, prefix=("ip", "netns", "exec", NS_SENDER))
+    return support.run_adhoc(cmd, env, tmp_path)
 
 
 def expected_packet(password: str = "") -> str:

@@ -19,7 +19,6 @@ Needs root, ip (iproute2), wg (wireguard-tools) and, without the kernel module, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -33,19 +32,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE = str(Path(sys.executable).with_name("ansible"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # the helper next to this file, whatever the rootdir or import mode
+
 RUN_ID = uuid.uuid4().hex[:6]
 NODES = ("a", "b", "c")  # a is the hub
 LISTEN_PORT = 51820
 TUNNEL_IP = {"a": "10.242.0.1", "b": "10.242.0.2", "c": "10.242.0.3"}
 UNDERLAY = {"b": ("10.241.1.1", "10.241.1.2"), "c": ("10.241.2.1", "10.241.2.2")}  # (hub side, spoke side)
-RESULT_RE = re.compile(r"^localhost \| (CHANGED|SUCCESS|FAILED!) => ", re.MULTILINE)
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, WireGuard interfaces)"
+    if reason := support.root_reason("(network namespaces, WireGuard interfaces)"):
+        return reason
     missing = [tool for tool in ("ip", "wg") if not shutil.which(tool)]
     if missing:
         return f"needs {', '.join(missing)} (apt-get install iproute2 wireguard-tools)"
@@ -97,37 +96,18 @@ class Lab:
 
     def ansible(self, node: str, module: str, args: dict, *flags: str, expect_failure: bool = False) -> Run:
         """Run a module in the node's namespace as `ansible localhost -c local -m` does."""
-        env = {
-            **os.environ,
-            "ANSIBLE_COLLECTIONS_PATH": str(self.root / "collections"),
-            "ANSIBLE_CONFIG": str(self.root / "ansible.cfg"),  # empty: none of the repository's or user's
-            "ANSIBLE_HOME": str(self.root / "ansible-home"),
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-        }
-        cmd = [
-            "ip",
-            "netns",
-            "exec",
-            self.ns[node],
-            ANSIBLE,
-            "localhost",
-            "-c",
-            "local",
-            "-m",
-            f"wakegrid.fleet.{module}",
-            "-a",
-            json.dumps(args),
-            *flags,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.root, timeout=60)
-        output = proc.stdout + proc.stderr
+        env = support.ansible_env(
+            self.root / "collections",
+            self.root / "ansible.cfg",
+            ANSIBLE_HOME=str(self.root / "ansible-home"),
+            ANSIBLE_LOCALHOST_WARNING="false",
+            ANSIBLE_FORCE_COLOR="0",
+        )
+        prefix = ("ip", "netns", "exec", self.ns[node])
+        cmd = support.adhoc_command(module, args, *flags, prefix=prefix, inventory=False, python=None)
+        status, result, output = support.run_adhoc(cmd, env, self.root, timeout=60)
         self.outputs.append(output)
-        match = RESULT_RE.search(proc.stdout)
-        assert match, f"no module result in ansible output:\n{output}"
-        status = match.group(1)
-        result = json.loads(proc.stdout[match.end() :].strip())
+        assert status in ("CHANGED", "SUCCESS", "FAILED!"), output
         if expect_failure:
             assert status == "FAILED!", output
         else:
@@ -196,10 +176,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("wg")
-    collections = root / "collections" / "ansible_collections" / "wakegrid"
-    collections.mkdir(parents=True)
-    (collections / "fleet").symlink_to(REPO)
-    (root / "ansible.cfg").write_text("[defaults]\n")
+    support.collections_path(root / "collections")
     # Names unique per run: wireguard-go's sockets in /var/run/wireguard are shared by every
     # namespace, and a crashed earlier run must not collide with this one.
     lab = Lab(root=root, ns={n: f"wgtest-{RUN_ID}-{n}" for n in NODES}, iface={n: f"wgt{RUN_ID}{n}" for n in NODES})

@@ -19,18 +19,14 @@ Needs root, Docker Engine, nsenter and a static busybox (Debian's busybox-static
 
 from __future__ import annotations
 
-import io
-import ipaddress
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -40,41 +36,24 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import support  # noqa: E402  the helper next to this file, whatever the rootdir or import mode
+
 pytestmark = pytest.mark.lab
 
-LAB_DIR = Path(__file__).resolve().parents[2] / "reconciler" / "wakegrid" / "lab"
+LAB_DIR = support.LAB_DIR
 LABEL = "wakegrid.test"
 RUN_ID = f"wol-{uuid.uuid4().hex[:8]}"
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 LISTENER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
-def _is_static_elf64(path: str) -> bool:
-    """No PT_INTERP program header: the binary runs in an image without a libc."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if data[:5] != b"\x7fELF\x02":
-        return False
-    (phoff,) = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def _static_busybox() -> str | None:
-    return next((path for path in BUSYBOX_CANDIDATES if os.path.exists(path) and _is_static_elf64(path)), None)
-
-
 def _lab_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (nsenter into container namespaces)"
+    if reason := support.root_reason("(nsenter into container namespaces)"):
+        return reason
     if not shutil.which("nsenter"):
         return "needs nsenter (util-linux)"
-    if _static_busybox() is None:
+    if support.static_busybox() is None:
         return "needs a static busybox: apt-get install busybox-static"
-    try:
-        docker.from_env().ping()
-    except Exception as exc:
-        return f"needs a Docker Engine: {exc}"
     return None
 
 
@@ -88,47 +67,23 @@ def client():
     reason = _lab_skip_reason()
     if reason:
         pytest.skip(reason)
-    client = docker.from_env()
+    client = support.docker_client()
     yield client
     # Cleanup by label: whatever a failed test left behind goes too.
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
-        container.remove(force=True)
-    for network in client.networks.list(filters={"label": f"{LABEL}={RUN_ID}"}):
-        network.remove()
-    for image in client.images.list(filters={"label": f"{LABEL}={RUN_ID}"}):
-        client.images.remove(image.id, force=True)
+    support.remove_labelled(client, f"{LABEL}={RUN_ID}")
     client.close()
 
 
 @pytest.fixture(scope="module")
 def image(client) -> str:
     """A registry-free tiny image: the static busybox, ``docker import``-ed."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(_static_busybox(), arcname="bin/busybox")
-    tag = f"wakegrid-test/busybox:{RUN_ID}"
-    client.api.import_image_from_data(
-        buffer.getvalue(), repository=tag.split(":")[0], tag=RUN_ID, changes=[f"LABEL {LABEL}={RUN_ID}"]
-    )
-    return tag
+    return support.import_busybox(client, RUN_ID, changes=[f"LABEL {LABEL}={RUN_ID}"])
 
 
 @pytest.fixture(scope="module")
 def lan(client):
-    """An internal bridge network on a free 10.239.N.0/24 (other lab runs may hold some)."""
-    for n in random.sample(range(100, 250), 20):
-        subnet = ipaddress.ip_network(f"10.239.{n}.0/24")
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
-        try:
-            network = client.networks.create(
-                f"{RUN_ID}-lan", driver="bridge", internal=True, ipam=ipam, labels={LABEL: RUN_ID}
-            )
-        except docker.errors.APIError as exc:
-            if "overlap" in str(exc).lower():
-                continue
-            raise
-        return network, subnet
-    pytest.fail("no free 10.239.N.0/24 for the test LAN")
+    """An internal bridge network on a free 10.239.N.0/24 (other lab runs may hold some): (network, subnet)."""
+    return support.create_test_lan(client, f"{RUN_ID}-lan", {LABEL: RUN_ID})
 
 
 def _run_box(client, image, lan, role: str):

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_collection import module_utils  # the helper next to this file, whatever the rootdir or import mode
 
-
-def _load_module_utils():
-    # Loaded from its file: it imports only the stdlib, so it needs no collection path.
-    path = REPO / "plugins" / "module_utils" / "caddy.py"
-    spec = importlib.util.spec_from_file_location("wakegrid_fleet_module_utils_caddy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-caddy = _load_module_utils()
+caddy = module_utils("caddy")
 
 DIJON = {"dial": "10.200.1.30:8096", "site": "dijon", "priority": 1}
 THORY = {"dial": "10.200.2.30:8096", "site": "thory", "priority": 2}

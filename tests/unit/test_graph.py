@@ -269,3 +269,36 @@ def test_stop_does_not_auto_stop_a_dependency_that_hosts_running_nodes():
     plan = stop_plan(fleet, "db", set(fleet.nodes))
     assert [s.node for s in plan.steps] == ["db"]
     assert [n.node for n in plan.kept] == ["vmd"]
+
+
+# --------------------------------------------------------------------------- confirming a proposal later
+
+
+def test_confirming_after_the_proposal_stops_the_dependency_behind_a_cascade_already_down(example_fleet):
+    # `stop pve1` proposed the NAS and pve1 went down; the person now confirms the NAS.
+    up = GATEWAYS | {"nas"}
+    plan = stop_plan(example_fleet, "pve1", up, confirmed=["nas"])
+    assert [(s.node, s.channel.kind, s.reason) for s in plan.steps] == [
+        ("nas", "ssh", "no active dependant left (was needed by jellyfin)")
+    ]
+    assert stop_plan(example_fleet, "pve1", up).steps == ()  # without confirmation nothing happens
+
+
+def test_confirming_reaches_through_dependencies_already_down(example_fleet):
+    # sandbox -> jellyfin -> nas: jellyfin went down with an earlier run, the NAS was proposed.
+    up = GATEWAYS | {"nas", "pve1", "vm-docker"}
+    plan = stop_plan(example_fleet, "sandbox", up, confirmed=["nas"])
+    assert [s.node for s in plan.steps] == ["nas"]
+
+
+def test_confirming_never_stops_a_dependency_still_needed(example_data, build_fleet):
+    example_data["dependencies"]["vm-docker"] = ["nas"]
+    fleet = build_fleet(example_data)
+    up = GATEWAYS | {"nas", "pve1", "vm-docker"}
+    plan = stop_plan(fleet, "jellyfin", up, confirmed=["nas"])
+    assert plan.steps == ()
+    assert [(n.node, n.needed_by) for n in plan.kept] == [("nas", ("vm-docker",))]
+
+
+def test_confirming_an_unrelated_node_changes_nothing(example_fleet, all_up):
+    assert stop_plan(example_fleet, "api", all_up, confirmed=["nas"]) == stop_plan(example_fleet, "api", all_up)

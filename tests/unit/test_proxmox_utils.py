@@ -5,24 +5,16 @@ The client itself is exercised against the PVE emulator in tests/integration/tes
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_collection import module_utils  # the helper next to this file, whatever the rootdir or import mode
 
-
-def _load_module_utils():
-    # Loaded from its file: it needs ansible-core (present) and guards proxmoxer, so no collection path.
-    path = REPO / "plugins" / "module_utils" / "proxmox.py"
-    spec = importlib.util.spec_from_file_location("wakegrid_fleet_module_utils_proxmox", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-px = _load_module_utils()
+px = module_utils("proxmox")
+fe = module_utils("fleet_entries")
 
 
 def resource(vmid, name, type="lxc", node="pve1", status="stopped", **extra):
@@ -151,7 +143,7 @@ FLEET = {
 
 def test_fleet_parents_and_secrets():
     assert px.fleet_parents(FLEET) == {"pve1": "pve1", "pve2": "nuc"}
-    assert sorted(px.fleet_secret_values(FLEET)) == ["01:02:03:04:05:06", "s3cr3t"]
+    assert sorted(fe.fleet_secret_values(FLEET)) == ["01:02:03:04:05:06", "s3cr3t"]
 
 
 def test_classify_against_a_fleet():
@@ -213,4 +205,4 @@ def test_classify_reports_a_shared_vmid():
 def test_suggested_names(name, taken, expected):
     guest = {"vmid": 201, "kind": "lxc", "name": name}
     suggestion = px.suggest_fleet_name(guest, set(taken))
-    assert suggestion == expected and px.FLEET_NAME_RE.match(suggestion)
+    assert suggestion == expected and fe.FLEET_NAME_RE.match(suggestion)

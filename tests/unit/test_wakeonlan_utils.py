@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import wakeonlan
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_collection import module_utils  # the helper next to this file, whatever the rootdir or import mode
 
-
-def _load_module_utils():
-    # Loaded from its file: it imports only the stdlib and wakeonlan, so it needs no collection path.
-    path = REPO / "plugins" / "module_utils" / "wakeonlan.py"
-    spec = importlib.util.spec_from_file_location("wakegrid_fleet_module_utils_wakeonlan", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-wol = _load_module_utils()
+wol = module_utils("wakeonlan")
 
 MAC = bytes.fromhex("525400123456")
 

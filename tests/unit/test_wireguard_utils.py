@@ -1,21 +1,20 @@
 """The pure core of the WireGuard modules (plugins/module_utils/wireguard.py).
 
-Loaded from its file: it is standard library only, as the modules need on their targets,
-so no collection path is required to test it.
+It is standard library only, as the modules need on their targets.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "wireguard.py"
-_spec = importlib.util.spec_from_file_location("wakegrid_wireguard_utils", _PATH)
-wg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wg)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_collection import module_utils  # the helper next to this file, whatever the rootdir or import mode
+
+wg = module_utils("wireguard")
 
 # Real keys produced by `wg genkey | wg pubkey` and `wg genpsk` (test material only).
 PRIV = "YO8lSfzV9kEx5OYCk6iIUHRsVFf3X+IgocgheXSiaFw="

@@ -1,0 +1,154 @@
+"""The ``wakegrid.fleet.wireguard`` role on the lab: the edge is the hub, each site gateway a spoke.
+
+The role runs as people and the reconciler run it: ``ansible-playbook -i <lab fleet>`` on
+``hosts: wireguard``, over SSH, from a tiny playbook written in the test's temporary directory.
+The tests share one converged lab (the module fixture runs the role once) and run in file order:
+
+* the edge reaches a host on each site's LAN through the tunnels (so the gateways forward);
+* a second run changes nothing;
+* a run limited to one gateway converges its peer on the hub (re-added here after being
+  removed live) and leaves the hub's other peers in place;
+* after ``lab cut-site`` (which brings the gateway's ``wg*`` interfaces down) the next run
+  brings the tunnel back up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+PLAYBOOK = """\
+- name: WireGuard hub and spokes
+  hosts: wireguard
+  gather_facts: false
+  roles:
+    - role: wakegrid.fleet.wireguard
+"""
+RECAP_RE = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+class Play:
+    def __init__(self, lab, directory: Path):
+        self.lab = lab
+        self.path = directory / "wireguard.yml"
+        self.path.write_text(PLAYBOOK)
+
+    def run(self, *args: str) -> dict[str, dict[str, int]]:
+        """Run the role; return the recap per host, failing the test when a host failed."""
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(self.lab.fleet_path), str(self.path), *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        recap = {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+                 for m in RECAP_RE.finditer(proc.stdout)}
+        assert proc.returncode == 0 and recap, (
+            f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        return recap
+
+
+def wg_dump(lab, node: str) -> dict[str, list[str]]:
+    """Peers of wg0 on ``node``: public key -> the fields of `wg show wg0 dump`."""
+    lines = lab.exec(node, "wg", "show", "wg0", "dump").stdout.splitlines()
+    return {fields[0]: fields for fields in (line.split("\t") for line in lines[1:])}
+
+
+def public_key(lab, node: str) -> str:
+    return lab.exec(node, "wg", "show", "wg0", "public-key").stdout.strip()
+
+
+def lan_host(lab, site: str) -> str:
+    """A machine of the site's LAN other than its gateway (the fixture's restore() powered it on)."""
+    gateway = lab.fleet.sites[site].gateway
+    return next(h.node for h in lab.plan.hosts if h.site == site and h.role == "machine" and h.node != gateway)
+
+
+@pytest.fixture(scope="module")
+def play(lab, tmp_path_factory):
+    play = Play(lab, tmp_path_factory.mktemp("wireguard-role"))
+    play.first_recap = play.run()
+    return play
+
+
+@pytest.fixture(scope="module")
+def names(lab):
+    sites = sorted(lab.fleet.sites)
+    assert len(sites) >= 2, "the lab fleet needs two sites"
+    return {"edge": lab.fleet.edge.host, "sites": sites, "gateways": [lab.fleet.sites[s].gateway for s in sites]}
+
+
+def test_edge_reaches_every_site_lan_through_the_tunnels(lab, play, names):
+    edge = names["edge"]
+    assert set(play.first_recap) == {edge, *names["gateways"]}
+    hub_peers = wg_dump(lab, edge)
+    for site, gateway in zip(names["sites"], names["gateways"], strict=True):
+        wanted = lab.fleet.sites[site]
+        fields = hub_peers.get(public_key(lab, gateway))
+        assert fields is not None, f"the hub has no peer for {gateway}: {hub_peers}"
+        tunnel_ip = str(wanted.wireguard.address).split("/")[0]
+        assert fields[3] == f"{tunnel_ip}/32,{wanted.lan}"
+        target = lab.address(lan_host(lab, site))
+        route = lab.exec(edge, "ip", "route", "get", target).stdout
+        assert " dev wg0 " in route, f"the edge does not route {target} through the tunnel: {route}"
+        try:
+            lab.wait_until(lambda t=target: lab.ping(edge, t), 15, f"{edge} -> {target} ({site} LAN), tunnel")
+        except AssertionError:
+            gw_lan = lab.address(gateway)
+            hint = ("the gateway itself answers, so the tunnel works and the gateway forwards: the lab's Docker "
+                    "bridge drops frames whose source is outside the LAN (DOCKER-ISOLATION rules on internal "
+                    "networks)" if lab.ping(edge, gw_lan) else "the gateway's own LAN address does not answer either")
+            raise AssertionError(f"{edge} cannot reach {target} on the {site} LAN through the tunnel; {hint}") from None
+
+
+def test_second_run_changes_nothing(play):
+    recap = play.run()
+    assert {host: r["changed"] for host, r in recap.items()} == dict.fromkeys(recap, 0)
+
+
+def test_limit_to_one_gateway_keeps_the_other_peers(lab, play, names):
+    edge = names["edge"]
+    kept, limited = names["gateways"][0], names["gateways"][-1]
+    before = wg_dump(lab, edge)
+    kept_key, limited_key = public_key(lab, kept), public_key(lab, limited)
+    # Drop the limited gateway's peer on the hub, live only: the limited run must put it back.
+    lab.exec(edge, "wg", "set", "wg0", "peer", limited_key, "remove")
+    assert limited_key not in wg_dump(lab, edge)
+
+    recap = play.run("--limit", limited)
+
+    assert set(recap) == {limited}
+    after = wg_dump(lab, edge)
+    assert limited_key in after, f"the hub's peer for {limited} was not converged from a run limited to it"
+    assert after[limited_key][3] == before[limited_key][3]
+    assert kept_key in after, f"a run limited to {limited} dropped the hub's peer for {kept}"
+    assert after[kept_key][3] == before[kept_key][3]
+    config = lab.exec(edge, "cat", "/etc/wireguard/wg0.conf").stdout
+    assert f"# wakegrid: {kept}" in config and f"# wakegrid: {limited}" in config
+    lab.wait_until(lambda: lab.ping(limited, str(lab.fleet.edge.wireguard.address).split("/")[0]), 15,
+                   f"{limited} -> hub through the tunnel")
+
+
+def test_run_after_a_site_cut_brings_the_tunnel_back(lab, play, names):
+    site, gateway = names["sites"][0], names["gateways"][0]
+    try:
+        lab.lab.cut_site(site)
+        assert "UP" not in lab.exec(gateway, "ip", "-o", "link", "show", "wg0").stdout.split(">")[0]
+
+        play.run("--limit", gateway)
+
+        flags = lab.exec(gateway, "ip", "-o", "link", "show", "wg0").stdout.split(">")[0]
+        assert "UP" in flags.split("<")[1].split(","), f"wg0 on {gateway} is still down: {flags}"
+    finally:
+        lab.restore()
+    target = lab.address(lan_host(lab, site))
+    lab.wait_until(lambda: lab.ping(names["edge"], target), 30, f"{names['edge']} -> {target} after restore-site")
