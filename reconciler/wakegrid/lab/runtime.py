@@ -12,6 +12,7 @@ import http.client
 import io
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -140,6 +141,7 @@ class Lab:
         image = ensure_image(self.client, ImageSpec(self.config.suite, self.config.mirror), self.log)
         for net in self.plan.networks:
             self._ensure_network(net)
+            self._allow_forwarding_within(net.name)
         for cluster in self.plan.clusters:
             self._ensure_cluster(cluster)
         changed: list[str] = []
@@ -198,6 +200,28 @@ class Lab:
             )
         except docker.errors.APIError as exc:
             raise LabError(f"cannot create network {net.name} ({net.subnet}): {exc.explanation}") from None
+
+    def _allow_forwarding_within(self, network: str) -> None:
+        """Let a lab network forward like a switch, whatever the source address.
+
+        Docker's isolation rules drop frames on an internal bridge whose source is outside the
+        bridge's subnet (bridged traffic goes through iptables here), so replies routed through
+        a gateway, e.g. to the WireGuard range, would never reach the LAN hosts.
+        """
+        bridge = f"br-{self.client.networks.get(network).id[:12]}"
+        rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", self._rule_tag, "-j", "ACCEPT"]
+        if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode != 0:
+            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+
+    @property
+    def _rule_tag(self) -> str:
+        return f"{topo.LABEL}={self.name}"
+
+    def _remove_forwarding_rules(self) -> None:
+        listed = subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            if self._rule_tag in line and line.startswith("-A "):
+                subprocess.run(["iptables", "-D", *shlex.split(line)[1:]], capture_output=True)
 
     def _ensure_cluster(self, cluster: topo.PveClusterPlan) -> None:
         from wakegrid.lab import pve
@@ -384,6 +408,7 @@ class Lab:
         for container in client.containers.list(all=True, filters=filters):
             self.log(f"removing {container.name}")
             container.remove(force=True, v=True)
+        self._remove_forwarding_rules()
         for net in client.networks.list(filters=filters):
             self.log(f"removing network {net.name}")
             net.remove()
