@@ -67,7 +67,8 @@ options:
     description:
       - After starting, wait until a container with a health check is V(healthy), and fail when it
         is V(unhealthy). With V(false), only wait until it runs.
-      - A container without a health check is up as soon as it runs.
+      - A container without a health check is up once it has kept running for a second, so that one
+        that crashes at start fails the task instead of passing as started.
     type: bool
     default: true
   timeout:
@@ -189,6 +190,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     inspect_container,
 )
 
+MIN_UPTIME = 1.0  # seconds a container without a health check must keep running to count as up
 POLL_INTERVAL = 0.25
 RUNNING_STATES = ("running", "paused", "restarting")
 
@@ -222,11 +224,20 @@ def wait_until_up(client, attrs, status_before, timeout, wait_healthy):
     """Poll until the container runs (and is healthy); DockerApiError when it cannot get there."""
     started = time.monotonic()
     deadline = started + timeout
+    running_since = None  # (local time, Docker's StartedAt) when first seen running without a health verdict
     while True:
         status = container_status(attrs)
         health = health_status(attrs) if wait_healthy else None
-        if status == "running" and health in (None, "healthy"):
+        if status == "running" and health == "healthy":
             return attrs, time.monotonic() - started
+        if status == "running" and health is None:
+            # Without a health check, "up" means it keeps running: a container that crashes at
+            # start is briefly "running" too. Local time, since the Docker host's clock may differ.
+            run = (attrs.get("State") or {}).get("StartedAt")
+            if running_since is None or running_since[1] != run:
+                running_since = (time.monotonic(), run)
+            elif time.monotonic() - running_since[0] >= MIN_UPTIME:
+                return attrs, time.monotonic() - started
         name = container_name(attrs)
         if health == "unhealthy":
             entries = health_log(attrs)
