@@ -54,6 +54,14 @@ fi
 # Ansible run from this checkout finds the collection through .venv/collections (ansible.cfg).
 bash "$ROOT/scripts/link-collection.sh"
 
+# --- Kernel limits ---------------------------------------------------------------------------
+# Every lab host and Molecule instance runs systemd, which takes several inotify instances;
+# the default 128 per user runs out with one lab plus a scenario (containers then hang at boot).
+if (($(sysctl -n fs.inotify.max_user_instances) < 1024)); then
+    ((EUID == 0)) || die "fs.inotify.max_user_instances is below 1024 and only root can raise it"
+    sysctl -q -w fs.inotify.max_user_instances=1024
+fi
+
 # --- Docker daemon ---------------------------------------------------------------------------
 LOG=/var/log/wakegrid-dockerd.log
 if ! "$DOCKER" info >/dev/null 2>&1; then

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Run the whole test suite, stage by stage, stopping at the first failure:
-#   ruff    lint the Python package and tests (configuration: pyproject.toml)
-#   pytest  tests/unit and tests/integration (integration tests need root and Docker)
-#   sanity  ansible-test sanity on the collection exactly as it ships (the built artifact)
-#   lint    ansible-lint, production profile (configuration: .ansible-lint)
+#   ruff      lint the Python package and tests (configuration: pyproject.toml)
+#   lint      ansible-lint, production profile (configuration: .ansible-lint)
+#   sanity    ansible-test sanity on the collection exactly as it ships (the built artifact)
+#   pytest    tests/unit and tests/integration (integration tests need root and Docker)
+#   molecule  every role scenario under extensions/molecule (systemd containers, Docker driver)
 # Usage: bash scripts/test.sh [--only STAGE[,STAGE...]] [PYTEST_ARGS...]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STAGES=(ruff pytest sanity lint)
+STAGES=(ruff lint sanity pytest molecule)
 only=""
 pytest_args=()
 while (($#)); do
@@ -83,6 +84,17 @@ run_sanity() {
     echo "(sanity tree kept on failure: $work)"
     (cd "$work/ansible_collections/wakegrid/fleet" && PATH="$ROOT/.venv/bin:$work/bin:$PATH" ansible-test sanity --color no)
     rm -rf "$work"
+}
+
+# Molecule starts ansible-config itself (so .venv/bin goes on PATH) and finds scenarios from the
+# repository root; the lab image the scenarios run is built (once) by the lab's own code.
+run_molecule() {
+    local scenario
+    for scenario in extensions/molecule/*/molecule.yml; do
+        scenario="$(basename "$(dirname "$scenario")")"
+        printf -- '--- molecule scenario %s\n' "$scenario"
+        molecule test -s "$scenario"
+    done
 }
 
 # --offline: no version check against GitHub, no schema refresh, no Galaxy installs.
