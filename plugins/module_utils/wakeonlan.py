@@ -103,7 +103,8 @@ def send_magic_packet(packet, broadcast, port, interface=None):
     if create_socket is not None:
         sock = create_socket(host=broadcast, port=port, interface=interface or None)
     else:
-        family, _, _, _, address = socket.getaddrinfo(broadcast, port, 0, socket.SOCK_DGRAM)[0]
+        found = socket.getaddrinfo(broadcast, port, 0, socket.SOCK_DGRAM)[0]
+        family, address = found[0], found[4]
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if interface:
