@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from wakegrid.exitcodes import EXIT_BLOCKED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from wakegrid.graph import Note, Plan, Step
 from wakegrid.model import Fleet
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_BLOCKED, EXIT_FAILED = 0, 1, 2, 3, 4
 FLEET_ENV = "WAKEGRID_FLEET"
 PLAN_ACTION = "wakegrid.fleet.power_plan"
 # The tasks that do a step's real work (and its waiting); the rest of a run is overhead.

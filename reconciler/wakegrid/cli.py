@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 from wakegrid import __version__
 from wakegrid.actuate import add_power_commands
+from wakegrid.exitcodes import EXIT_BLOCKED, EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from wakegrid.graph import Plan, PlanError, start_plan, stop_plan
 from wakegrid.model import Fleet, FleetError, load_fleet
-
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
