@@ -45,6 +45,8 @@ DEFAULTS = {
     "try_duration": "5s",
     "try_interval": "250ms",
     "dial_timeout": "2s",
+    # None: no response timeout towards upstreams (Caddy's own default).
+    "response_header_timeout": None,
 }
 HEALTH_DEFAULTS = {
     "path": "/",
@@ -169,6 +171,24 @@ def _weight(upstream):
     return 1 if weight is None else weight
 
 
+def check_response_header_timeout(response_header_timeout, try_duration):
+    """Raise ValueError unless ``response_header_timeout`` is unset, or a positive duration
+    shorter than ``try_duration`` (when retries are on): an answer timeout reached after
+    try_duration has run out can never lead to a retry on another upstream."""
+    if not response_header_timeout:
+        return
+    timeout = parse_duration(response_header_timeout)
+    if timeout <= 0:
+        raise ValueError("response_header_timeout must be a positive duration (or unset), got %r"
+                         % (response_header_timeout,))
+    tries = parse_duration(try_duration)
+    if tries > 0 and timeout >= tries:
+        raise ValueError(
+            "response_header_timeout (%s) must be shorter than try_duration (%s), or a request "
+            "whose upstream does not answer in time could not be retried on another upstream"
+            % (response_header_timeout, try_duration))
+
+
 def _merged(defaults, given):
     merged = dict(defaults)
     for key, value in (given or {}).items():
@@ -179,15 +199,20 @@ def _merged(defaults, given):
 
 def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=None,
                  passive_health=None, try_duration=DEFAULTS["try_duration"],
-                 try_interval=DEFAULTS["try_interval"], dial_timeout=DEFAULTS["dial_timeout"]):
+                 try_interval=DEFAULTS["try_interval"], dial_timeout=DEFAULTS["dial_timeout"],
+                 response_header_timeout=DEFAULTS["response_header_timeout"]):
     """Caddy JSON for one service: a host-matched, terminal route around a reverse_proxy.
 
     ``health`` (active checks) is off when None; ``passive_health`` falls back to
     PASSIVE_DEFAULTS when None and is off when its ``fail_duration`` is zero. With ``allow``,
     the proxy sits in a subroute behind a ``client_ip`` matcher that answers 403 to others.
+    ``response_header_timeout`` (None or empty: none) bounds the wait for an upstream's
+    response headers once the request is sent; it must be shorter than a non-zero
+    ``try_duration`` for such a request to be retried on another upstream.
     """
     if not upstreams:
         raise ValueError("a service needs at least one upstream")
+    check_response_header_timeout(response_header_timeout, try_duration)
     policy, ordered = choose_policy(upstreams, lb_policy)
 
     selection = {"policy": policy}
@@ -206,6 +231,10 @@ def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=No
         "load_balancing": load_balancing,
         "transport": {"protocol": "http", "dial_timeout": dial_timeout},
     }
+    # Without it Caddy waits for a backend's answer as long as the client does: a request
+    # already sent to a site that vanished is never answered, nor retried elsewhere.
+    if response_header_timeout:
+        proxy["transport"]["response_header_timeout"] = response_header_timeout
 
     health_checks = {}
     if health is not None:
@@ -509,6 +538,7 @@ def parse_route(server, route):
         "try_duration": load_balancing.get("try_duration"),
         "try_interval": load_balancing.get("try_interval"),
         "dial_timeout": (proxy.get("transport") or {}).get("dial_timeout"),
+        "response_header_timeout": (proxy.get("transport") or {}).get("response_header_timeout"),
     }
 
 

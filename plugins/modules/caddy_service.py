@@ -178,6 +178,21 @@ options:
         and trying another one.
     type: str
     default: 2s
+  response_header_timeout:
+    description:
+      - How long Caddy waits, once a request is sent to an upstream, for the start of its
+        answer (the response headers). Unset (the default) means no limit, Caddy's own default.
+      - Without it, a request already sent to a backend that vanishes (a whole site cut, its
+        WireGuard peer gone and packets dropped) is answered only when the client gives up.
+      - With it, such a request is abandoned after this time, counted as a failure by the
+        passive health checks and, for requests Caddy may repeat safely (C(GET), C(HEAD)),
+        retried on another upstream within O(try_duration). Other methods (C(POST)) get a
+        C(504), because Caddy retries them only when the connection could not be opened.
+      - The trade-off is that a backend slower than this to start its answer is abandoned
+        (and marked down) as well, so set it well above the slowest legitimate answer time.
+      - Must be shorter than O(try_duration) when retries are on, or no retry could follow.
+      - Durations use Go syntax (V(500ms), V(2s), V(1m)).
+    type: str
   server:
     description:
       - Name of the Caddy HTTP server (key under C(apps.http.servers)) that holds the route.
@@ -309,6 +324,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.caddy import (
     CaddyAdmin,
     CaddyAPIError,
     CaddyError,
+    check_response_header_timeout,
     choose_policy,
     converge,
     parse_duration,
@@ -357,6 +373,7 @@ def argument_spec():
         try_duration=dict(type="str", default="5s"),
         try_interval=dict(type="str", default="250ms"),
         dial_timeout=dict(type="str", default="2s"),
+        response_header_timeout=dict(type="str"),
         server=dict(type="str", default=DEFAULT_SERVER),
         listen=dict(type="list", elements="str"),
         admin=dict(type="str", default=DEFAULT_ADMIN),
@@ -388,6 +405,8 @@ def check_params(module):
                                  % (entry, to_text(exc)))
     durations = [("try_duration", params["try_duration"]), ("try_interval", params["try_interval"]),
                  ("dial_timeout", params["dial_timeout"])]
+    if params["response_header_timeout"]:
+        durations.append(("response_header_timeout", params["response_header_timeout"]))
     for group in ("health", "passive_health"):
         for key, value in (params[group] or {}).items():
             if key in ("interval", "timeout", "fail_duration"):
@@ -397,6 +416,10 @@ def check_params(module):
             parse_duration(value)
         except ValueError as exc:
             module.fail_json(msg="%s: %s" % (option, to_text(exc)))
+    try:
+        check_response_header_timeout(params["response_header_timeout"], params["try_duration"])
+    except ValueError as exc:
+        module.fail_json(msg=to_text(exc))
 
 
 def main():
@@ -424,6 +447,7 @@ def main():
             try_duration=params["try_duration"],
             try_interval=params["try_interval"],
             dial_timeout=params["dial_timeout"],
+            response_header_timeout=params["response_header_timeout"],
         )
         result.update(lb_policy=policy, upstreams=ordered)
         if policy == "first" and len(set(u["weight"] for u in upstreams)) > 1:

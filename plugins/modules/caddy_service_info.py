@@ -137,6 +137,10 @@ services:
       description: Connection timeout to an upstream.
       type: str
       sample: 2s
+    response_header_timeout:
+      description: Wait for an upstream's response headers, V(null) when unlimited.
+      type: str
+      sample: 2s
     upstreams:
       description: Upstreams in Caddy's order (the failover order under V(first)), with their state.
       type: list

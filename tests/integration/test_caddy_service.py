@@ -449,6 +449,59 @@ def test_strict_failover_survives_a_backend_dying_and_returns_when_it_is_back(ed
         secondary.kill()
 
 
+class Silent:
+    """A backend that accepts connections and reads requests but never answers (a site cut
+    after the request was forwarded: the packets are blackholed, nothing is reset)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.dial = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_response_header_timeout_retries_a_get_left_unanswered_on_the_next_upstream(edge, backends):
+    """Without response_header_timeout a GET sent to the silent upstream waits for the client;
+    with it (shorter than try_duration) Caddy abandons it and the next upstream answers."""
+    silent, two = Silent(), backends["two"]
+    try:
+        upstreams = [{"dial": silent.dial, "priority": 1}, {"dial": two.dial, "priority": 2}]
+        too_long, result = edge.play(
+            {"caddy_service": {"name": "rht", "domains": ["rht.localhost"], "upstreams": upstreams,
+                               "try_duration": "1s", "response_header_timeout": "1s"}},
+            {"caddy_service": {"name": "rht", "domains": ["rht.localhost"], "upstreams": upstreams,
+                               "try_duration": "3s", "response_header_timeout": "500ms"}},
+        )
+        assert too_long["failed"] and not too_long["changed"], too_long
+        assert "response_header_timeout (1s) must be shorter than try_duration (1s)" in too_long["msg"]
+        assert result["changed"] and result["lb_policy"] == "first", result
+        assert result["route"]["handle"][0]["transport"]["response_header_timeout"] == "500ms"
+
+        started = time.monotonic()
+        assert edge.get("rht.localhost", "/slow-first") == (200, "two")
+        latency = time.monotonic() - started
+        assert silent.held, "the first try did not go to the silent upstream"
+        print(f"\nGET left unanswered by the first upstream: answered by the second after {latency * 1000:.0f} ms")
+        assert 0.4 <= latency < 2.5, latency
+        # passive health now skips the silent upstream: the next GET is answered at once
+        started = time.monotonic()
+        assert edge.get("rht.localhost", "/then") == (200, "two")
+        assert time.monotonic() - started < 0.4
+    finally:
+        silent.close()
+
+
 def test_allowlist_answers_403_to_other_clients(edge, backends):
     one = backends["one"]
     (result,) = edge.play(service("priv", one, allow=["127.0.0.1/32", "10.200.0.0/16"]))

@@ -117,6 +117,35 @@ def test_render_passive_health_can_be_turned_off_and_retries_too():
     assert proxy["load_balancing"] == {"selection_policy": {"policy": "round_robin"}}
 
 
+def test_render_response_header_timeout_only_when_set():
+    assert "response_header_timeout" not in proxy_of(caddy.render_route("s", ["s.example.org"], [DIJON]))["transport"]
+    assert "response_header_timeout" not in proxy_of(
+        caddy.render_route("s", ["s.example.org"], [DIJON], response_header_timeout=""))["transport"]
+    route = caddy.render_route("s", ["s.example.org"], [DIJON, THORY], response_header_timeout="2s")
+    assert proxy_of(route)["transport"] == {"protocol": "http", "dial_timeout": "2s", "response_header_timeout": "2s"}
+    assert caddy.parse_route("wakegrid", route)["response_header_timeout"] == "2s"
+    # retries off: a timeout still makes sense (a 504 instead of waiting for the client to give up)
+    route = caddy.render_route("s", ["s.example.org"], [DIJON], try_duration="0", response_header_timeout="10s")
+    assert proxy_of(route)["transport"]["response_header_timeout"] == "10s"
+    # a duration spelled differently is the same route
+    other = caddy.render_route("s", ["s.example.org"], [DIJON, THORY], response_header_timeout="2000ms")
+    assert caddy.routes_equal(caddy.render_route("s", ["s.example.org"], [DIJON, THORY], response_header_timeout="2s"),
+                              other)
+
+
+@pytest.mark.parametrize("timeout, try_duration", [("5s", "5s"), ("6s", "5s"), ("1m", "30s")])
+def test_render_response_header_timeout_must_be_shorter_than_try_duration(timeout, try_duration):
+    with pytest.raises(ValueError, match="must be shorter than try_duration"):
+        caddy.render_route("s", ["s.example.org"], [DIJON], try_duration=try_duration,
+                           response_header_timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", ["0s", "-1s", "soon"])
+def test_render_response_header_timeout_rejects_non_positive_or_invalid(timeout):
+    with pytest.raises(ValueError):
+        caddy.render_route("s", ["s.example.org"], [DIJON], response_header_timeout=timeout)
+
+
 def test_render_passive_unhealthy_status():
     route = caddy.render_route("s", ["s.example.org"], [DIJON],
                                passive_health={"fail_duration": "30s", "max_fails": 3, "unhealthy_status": [502, 503]})
@@ -263,6 +292,7 @@ def test_parse_route_is_the_inverse_of_render():
                                 "status": None}
     assert parsed["passive_health"] == {"fail_duration": "10s", "max_fails": 1, "unhealthy_status": [502]}
     assert (parsed["try_duration"], parsed["try_interval"], parsed["dial_timeout"]) == ("5s", "250ms", "2s")
+    assert parsed["response_header_timeout"] is None
 
 
 def test_managed_routes_only_lists_wakegrid_ids():

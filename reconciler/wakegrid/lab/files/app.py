@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A tiny lab backend: ``/health`` → 200, ``/`` → which service, node and site answered.
+"""A tiny lab backend: ``/health`` → 200, ``/`` → which service, node and site answered (GET or POST).
 
 Standard library only (it runs on Debian's python3 inside lab hosts and inner
 containers). Configured by the environment (one service: APP_SERVICE, APP_NODE,
@@ -30,6 +30,12 @@ def make_handler(service: str, node: str, site: str, health: str):
                 self._send(404, {"error": "not found", "node": node})
 
         do_HEAD = do_GET
+
+        def do_POST(self):
+            # Read the whole body: closing with unread data sends a reset, which a proxy counts
+            # as a failed backend.
+            received = len(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self._send(200, {"service": service, "node": node, "site": site, "received": received})
 
         def _send(self, status, body):
             data = (json.dumps(body) + "\n").encode()
