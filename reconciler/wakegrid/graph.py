@@ -226,7 +226,7 @@ def stop_plan(
     # Re-evaluate the dependencies of what stops until nothing more can go: stopping one
     # may free another (a dependency of a dependency, or one its dependants shared).
     while True:
-        verdicts = _dependency_verdicts(fleet, stopping, up, in_use, confirmed)
+        verdicts = _dependency_verdicts(fleet, stopping, up, in_use, confirmed, cascade)
         freed = next((name for name, (verdict, _) in verdicts.items() if verdict == "stop"), None)
         if freed is None:
             break
@@ -253,7 +253,12 @@ def stop_plan(
 
 
 def _dependency_verdicts(
-    fleet: Fleet, stopping: list[str], up: Collection[str], in_use: Mapping[str, str], confirmed: Collection[str]
+    fleet: Fleet,
+    stopping: list[str],
+    up: Collection[str],
+    in_use: Mapping[str, str],
+    confirmed: Collection[str],
+    cascade: set[str],
 ) -> dict[str, tuple[str, Note]]:
     """For each running dependency of what is stopping: "stop", "keep" or "propose", with why."""
     gone = set(stopping)
@@ -261,7 +266,7 @@ def _dependency_verdicts(
     # Only what really stops frees its dependencies; behind nodes already down, only the
     # dependencies a person confirmed (a shutdown re-run with --confirm after its proposal).
     candidates = _dependencies_of(fleet, [n for n in stopping if n in up])
-    candidates += [n for n in _confirmed_behind(fleet, stopping, up, confirmed) if n not in candidates]
+    candidates += [n for n in _confirmed_behind(fleet, cascade, up, confirmed) if n not in candidates]
     for name in candidates:
         if name in gone or name not in up:
             continue
@@ -340,11 +345,12 @@ def _stop_order(fleet: Fleet, members: set[str], roots: list[str]) -> list[str]:
     return order
 
 
-def _confirmed_behind(fleet: Fleet, stopping: list[str], up: Collection[str], confirmed: Collection[str]) -> list[str]:
-    """Confirmed running dependencies reached from the down part of the cascade through down nodes."""
+def _confirmed_behind(fleet: Fleet, cascade: set[str], up: Collection[str], confirmed: Collection[str]) -> list[str]:
+    """Confirmed running dependencies reached from the down part of the requested cascade through down nodes."""
+    order = {name: index for index, name in enumerate(fleet.nodes)}
     found: list[str] = []
     seen: set[str] = set()
-    todo = [name for name in stopping if name not in up]
+    todo = sorted((name for name in cascade if name not in up), key=order.__getitem__)
     while todo:
         for dependency in fleet.dependencies_of(todo.pop(0)):
             if dependency in seen:

@@ -302,3 +302,13 @@ def test_confirming_never_stops_a_dependency_still_needed(example_data, build_fl
 
 def test_confirming_an_unrelated_node_changes_nothing(example_fleet, all_up):
     assert stop_plan(example_fleet, "api", all_up, confirmed=["nas"]) == stop_plan(example_fleet, "api", all_up)
+
+
+def test_confirming_reaches_only_behind_the_requested_cascade(example_data, build_fleet):
+    # Stopping api frees its host vm-docker, which sweeps the sleeping sandbox along: that does
+    # not make sandbox's confirmed dependency (jellyfin) part of this shutdown.
+    example_data["dependencies"]["api"] = ["vm-docker"]
+    fleet = build_fleet(example_data)
+    up = set(fleet.nodes) - {"sandbox"}
+    plan = stop_plan(fleet, "api", up, confirmed=["jellyfin"])
+    assert [s.node for s in plan.steps] == ["api", "vm-docker"]
