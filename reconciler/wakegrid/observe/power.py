@@ -127,14 +127,14 @@ def observe_power(
         hosts, lambda host: _listing(lambda: _proxmox_listing(fleet, host, secret_of, probes, api_timeout))
     )
     for name in guests:
-        states[name] = _guest_state(fleet, name, states, listings)
+        states[name] = _hosted_state(fleet, name, states, listings)
 
     # 3. containers: one call per Docker API of an up parent
     containers = [name for name in ordered if fleet.nodes[name].kind == "container"]
     hosts = _up_parents(fleet, containers, states)
     listings = _parallel(hosts, lambda host: _listing(lambda: _docker_listing(fleet, host, probes, api_timeout)))
     for name in containers:
-        states[name] = _container_state(fleet, name, states, listings)
+        states[name] = _hosted_state(fleet, name, states, listings)
     return {name: states[name] for name in ordered}
 
 
@@ -191,7 +191,8 @@ def _docker_listing(fleet: Fleet, host: str, probes: Probes, timeout: float):
     return probes.docker_containers(docker.api, docker.tls, timeout)
 
 
-def _guest_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], listings: Mapping) -> PowerState:
+def _hosted_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], listings: Mapping) -> PowerState:
+    """A guest or container from its parent's listing: down with its host, unknown when the API failed."""
     node = fleet.nodes[name]
     parent = node.parent
     assert parent is not None
@@ -200,26 +201,16 @@ def _guest_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], list
     listing = listings[parent]
     if isinstance(listing, ProbeError):
         return PowerState(name, False, f"unknown, counted as down: {listing}")
-    status = listing.get(node.vmid)
+    if node.kind == "container":
+        key = node.container or name
+        api, what, missing = "Docker", f"container {key}", f"has no container {key}"
+    else:
+        key = node.vmid
+        api, what, missing = "Proxmox", f"{node.kind} {key}", f"does not know {node.kind} {key}"
+    status = listing.get(key)
     if status is None:
-        return PowerState(name, False, f"Proxmox API of {parent} does not know {node.kind} {node.vmid}")
-    return PowerState(name, status == "running", f"Proxmox API of {parent}: {node.kind} {node.vmid} {status}")
-
-
-def _container_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], listings: Mapping) -> PowerState:
-    node = fleet.nodes[name]
-    parent = node.parent
-    assert parent is not None
-    if not states[parent].up:
-        return PowerState(name, False, f"its host {parent} is down")
-    listing = listings[parent]
-    if isinstance(listing, ProbeError):
-        return PowerState(name, False, f"unknown, counted as down: {listing}")
-    container = node.container or name
-    status = listing.get(container)
-    if status is None:
-        return PowerState(name, False, f"Docker API of {parent} has no container {container}")
-    return PowerState(name, status == "running", f"Docker API of {parent}: container {container} {status}")
+        return PowerState(name, False, f"{api} API of {parent} {missing}")
+    return PowerState(name, status == "running", f"{api} API of {parent}: {what} {status}")
 
 
 # --------------------------------------------------------------------------- the real probes
