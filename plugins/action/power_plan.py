@@ -6,9 +6,9 @@
 """Observe the fleet's real power state and plan a start or a shutdown, on the controller.
 
 Documentation: plugins/modules/power_plan.py. The work is done by the wakegrid Python package
-(wakegrid.observe.power observes, wakegrid.graph plans, wakegrid.actuate shapes the steps);
-this plugin is the Ansible edge: arguments, the fleet file of the inventory, and Proxmox token
-secrets read through the inventory's lazy variables.
+(wakegrid.observe.power observes, wakegrid.graph plans, wakegrid.actuate shapes the steps,
+wakegrid.render prints the plan); this plugin is the Ansible edge: arguments, the fleet file
+of the inventory, and Proxmox token secrets read with the wakegrid.fleet.fleet_secret lookup.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ try:
     from wakegrid.actuate import plan_data
     from wakegrid.graph import PlanError, start_plan, stop_plan
     from wakegrid.model import FleetError, load_fleet
-    from wakegrid.observe.power import nodes_to_observe, observe_power, up_nodes
+    from wakegrid.observe.power import nodes_to_observe, observe_power, unknown_nodes, up_nodes
 except ImportError as exc:
     WAKEGRID_IMPORT_ERROR = exc
 else:
@@ -32,6 +32,7 @@ ARGUMENT_SPEC = dict(
     node=dict(type='str', required=True),
     operation=dict(type='str', required=True, choices=['start', 'stop']),
     include_dependants=dict(type='bool', default=False),
+    force_infrastructure=dict(type='bool', default=False),
     confirm=dict(type='list', elements='str', default=[]),
     in_use=dict(type='dict', default={}),
     fleet_file=dict(type='path'),
@@ -80,18 +81,25 @@ class ActionModule(ActionBase):
         states = observe_power(
             fleet,
             names,
-            proxmox_secret=self._secrets(fleet, names, task_vars),
+            proxmox_secret=self._secrets(fleet, fleet_file, names, task_vars),
             timeout=args['probe_timeout'],
             api_timeout=args['api_timeout'],
         )
-        up = up_nodes(states)
+        up, unknown = up_nodes(states), unknown_nodes(states)
         try:
             if operation == 'start':
-                plan = start_plan(fleet, node, up)
+                plan = start_plan(fleet, node, up, unknown=unknown)
             else:
                 in_use = dict((name, to_text(why)) for name, why in args['in_use'].items())
                 plan = stop_plan(
-                    fleet, node, up, in_use, include_dependants=args['include_dependants'], confirmed=args['confirm']
+                    fleet,
+                    node,
+                    up,
+                    in_use,
+                    unknown=unknown,
+                    include_dependants=args['include_dependants'],
+                    confirmed=args['confirm'],
+                    force_infrastructure=args['force_infrastructure'],
                 )
         except PlanError as exc:
             raise AnsibleActionFail(to_text(exc))
@@ -100,11 +108,12 @@ class ActionModule(ActionBase):
         result['changed'] = False
         return result
 
-    def _secrets(self, fleet, names, task_vars):
+    def _secrets(self, fleet, fleet_file, names, task_vars):
         """The token secrets of the Proxmox hosts of ``names``' guests, read as a task would read them.
 
-        Through the inventory's lazy values (file and env lookups, vault), here in the task's thread:
-        the observer probes in worker threads, where templating is not meant to run.
+        Through the wakegrid.fleet.fleet_secret lookup, the one way a secret of the fleet reaches
+        Ansible, from the fleet file planned with, here in the task's thread: the observer probes
+        in worker threads, where templating is not meant to run.
         """
         templar = self._templar.copy_with_new_env(available_variables=task_vars)
         secrets = {}
@@ -112,13 +121,12 @@ class ActionModule(ActionBase):
             parent = fleet.nodes[name].parent
             if fleet.nodes[name].kind not in ('vm', 'lxc') or parent in secrets:
                 continue
-            expression = 'hostvars[%r].wakegrid_proxmox.token_secret' % parent
+            expression = 'lookup("wakegrid.fleet.fleet_secret", %r, fleet_file=%r)' % (
+                fleet.nodes[parent].proxmox.token_secret.where, fleet_file)
             try:
-                value = templar.evaluate_expression(trust_as_template(expression))
-            except Exception as exc:  # a lookup's error names the file or variable, never a value
+                secrets[parent] = to_text(templar.evaluate_expression(trust_as_template(expression)))
+            except Exception as exc:  # the lookup's error names the fleet path and the source, never a value
                 secrets[parent] = ValueError(to_text(exc))
-                continue
-            secrets[parent] = to_text(value) if value else ValueError('the inventory has no token secret for it')
 
         def secret(machine):
             value = secrets.get(machine) or ValueError('not read')

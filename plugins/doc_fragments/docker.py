@@ -22,7 +22,8 @@ options:
     aliases: [docker_url]
   tls:
     description:
-      - Use TLS without verifying the server certificate. See O(validate_certs) to verify it.
+      - Use TLS. Without O(validate_certs), the server certificate is not verified (anyone on
+        the path can pose as the Docker host); with it, it is.
       - If not set, the value of the E(DOCKER_TLS) environment variable is used.
     type: bool
     default: false
@@ -47,8 +48,16 @@ options:
   client_key:
     description:
       - Private key of O(client_cert). Defaults to C(key.pem) in E(DOCKER_CERT_PATH).
+      - Mutually exclusive with O(client_key_content).
     type: path
     aliases: [tls_client_key, key_path]
+  client_key_content:
+    description:
+      - The private key of O(client_cert) itself (PEM), for a key kept as a secret rather than a
+        file (a fleet's C(docker.key)). Written to a private temporary file for the module's run
+        only. Never shown in the module's output.
+      - Mutually exclusive with O(client_key).
+    type: str
   api_version:
     description:
       - Docker API version to use; V(auto) negotiates the server's.
@@ -62,11 +71,24 @@ options:
       - If not set, the value of the E(DOCKER_TIMEOUT) environment variable is used.
     type: int
     default: 60
+  api_wait_timeout:
+    description:
+      - Seconds to keep trying, once a second, to reach an API that does not answer yet (a Docker
+        host still booting) before failing. V(0) tries once.
+      - A TLS failure (an untrusted or mismatched certificate) fails at once.
+    type: int
+    default: 0
   use_ssh_client:
     description:
       - For V(ssh://) hosts, run the C(ssh) command instead of paramiko.
     type: bool
     default: false
+attributes:
+  action_group:
+    description: Use C(group/wakegrid.fleet.docker) in C(module_defaults) to set the connection options once.
+    support: full
+    membership:
+      - wakegrid.fleet.docker
 requirements:
   - docker (the Docker SDK for Python) >= 7.0
 notes:
@@ -74,4 +96,6 @@ notes:
     variables, except that the API time limit is O(api_timeout) (community.docker's C(timeout))
     and that there is no C(tls_hostname) (the Docker SDK 7 dropped it; the certificate must match
     the host in O(docker_host)).
+  - A connection that fails after the API answered (a timeout, a reset) fails the task with a
+    message naming O(docker_host), never a traceback.
 """

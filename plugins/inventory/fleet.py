@@ -23,9 +23,11 @@ description:
   - Sets connection variables and C(wakegrid_*) host variables on each host, and fleet-wide
     variables (sites, services with resolved backends, dependency graph) on the group C(all).
     See docs/inventory.md in the repository for the reference of groups and variables.
-  - Secrets are never read by the plugin. A secret given as an environment variable (C(env)) or a
-    file (C(file)) becomes a lookup template resolved only when a task uses the variable, and a C(!vault) secret
-    stays an Ansible Vault encrypted value, decrypted only when used.
+  - Secrets are never read by the plugin and never put in the inventory. Whatever its form (inline,
+    C(env), C(file) or C(!vault)), a secret's variable holds a call of the
+    P(wakegrid.fleet.fleet_secret#lookup) lookup naming where the secret is written in the fleet
+    file, like C({{ lookup('wakegrid.fleet.fleet_secret', 'nodes.pve1.proxmox.token_secret',
+    fleet_file='/srv/home.fleet.yml') }}), so the value is read only when a task uses the variable.
 requirements:
   - The C(wakegrid) Python package (and so C(pydantic)) on the controller.
 extends_documentation_fragment:
@@ -79,6 +81,13 @@ options:
       - Schema reference in docs/fleet.md.
     type: dict
     default: {}
+  clusters:
+    description:
+      - The quorum arrangement of Proxmox clusters named by C(nodes.*.proxmox.cluster), each with an
+        optional C(qdevice) (the machine running corosync-qnetd) and C(expected_votes).
+      - Schema reference in docs/fleet.md.
+    type: dict
+    default: {}
   lab:
     description:
       - Settings of the wakegrid lab (C(wakegrid lab up)), ignored by this plugin.
@@ -92,8 +101,11 @@ notes:
     with the C(community.docker.docker_api) connection (from the C(community.docker) collection),
     which this plugin sets up (C(ansible_connection), C(ansible_host), C(ansible_docker_docker_host)).
   - Strings taken from the fleet file are not trusted as templates, so a C({{ }}) in a name or an
-    inline secret is never rendered. Only the lookups this plugin writes for C(env) and C(file)
-    secrets are.
+    inline secret is never rendered. Only the secret lookups this plugin writes are.
+  - Enable this plugin by name (C([inventory] enable_plugins = wakegrid.fleet.fleet, host_list, ini)
+    in C(ansible.cfg)), not through C(auto) or C(yaml). Those read the file with Ansible's own YAML
+    loader, whose syntax errors show the lines around the error, secrets included; this plugin's
+    errors give the file, the line and the reason only.
   - C(compose), C(groups) and C(keyed_groups) see the host variables and the fleet-wide variables.
     Composing a variable from a secret resolves the secret into the inventory; do not.
 seealso:
@@ -154,9 +166,9 @@ keyed_groups:
 """
 
 import os
+import re
 
 from ansible.errors import AnsibleParserError
-from ansible.parsing.vault import EncryptedString
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible.template import trust_as_template
 from ansible.utils.vars import combine_vars
@@ -170,6 +182,7 @@ else:
 
 KIND_GROUPS = {'machine': 'machines', 'vm': 'vms', 'lxc': 'lxcs', 'container': 'containers'}
 FLEET_SUFFIXES = ('.fleet.yml', '.fleet.yaml')
+PLUGIN_LINE = re.compile(br'^plugin:[ \t]*([\'"]?)wakegrid\.fleet\.fleet\1[ \t]*(#.*)?\r?$', re.MULTILINE)
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -177,10 +190,18 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     NAME = 'wakegrid.fleet.fleet'
 
     def verify_file(self, path):
-        return super().verify_file(path) and path.endswith(FLEET_SUFFIXES)
+        if not super().verify_file(path):
+            return False
+        # Another YAML file that names this plugin is taken too, only to say how to name it.
+        return path.endswith(FLEET_SUFFIXES) or (path.endswith(('.yml', '.yaml')) and _names_this_plugin(path))
 
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
+        if not path.endswith(FLEET_SUFFIXES):
+            raise AnsibleParserError(
+                '%s names the wakegrid.fleet.fleet plugin, but a fleet file\'s name must end in .fleet.yml or '
+                '.fleet.yaml (like home.fleet.yml)' % path
+            )
         if WAKEGRID_IMPORT_ERROR is not None:
             raise AnsibleParserError(
                 'the wakegrid Python package is required on the controller: pip install wakegrid '
@@ -238,6 +259,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         variables = combine_vars(variables, self.inventory.get_host(host).get_vars())
         self._add_host_to_composed_groups(self.get_option('groups'), variables, host, strict=strict, fetch_hostvars=False)
         self._add_host_to_keyed_groups(self.get_option('keyed_groups'), variables, host, strict=strict, fetch_hostvars=False)
+
+
+def _names_this_plugin(path):
+    """Whether the file has a top-level ``plugin: wakegrid.fleet.fleet`` line (read as text, never as YAML)."""
+    try:
+        with open(path, 'rb') as stream:
+            head = stream.read(65536)
+    except OSError:
+        return False
+    return PLUGIN_LINE.search(head) is not None
 
 
 # --------------------------------------------------------------------------- variables
@@ -365,7 +396,7 @@ class FleetVariables:
             'wakegrid_container': (node.container or name) if node.kind == 'container' else None,
             'wakegrid_docker_api': host_docker.api if host_docker is not None else None,
             'wakegrid_proxmox': self.proxmox(node.proxmox, name),
-            'wakegrid_docker': node.docker.model_dump() if node.docker is not None else None,
+            'wakegrid_docker': self.docker(node.docker),
             'wakegrid_tags': list(node.tags),
             'wakegrid_timeouts': node.timeouts.model_dump(),
         })
@@ -402,6 +433,11 @@ class FleetVariables:
             'secureon': self.secret(wol.secureon),
         }
 
+    def docker(self, docker):
+        if docker is None:
+            return None
+        return dict(docker.model_dump(exclude={'key'}), key=self.secret(docker.key))
+
     def proxmox(self, proxmox, name):
         if proxmox is None:
             return None
@@ -416,21 +452,15 @@ class FleetVariables:
     # ---- secrets
 
     def secret(self, secret):
-        """An Ansible value that yields the secret only when a task uses it.
+        """A template that yields the secret only when a task uses it.
 
-        The inventory holds where the secret is, never its value: a lookup for env and file
-        secrets, Ansible's own encrypted value for vault ones (decrypted with the vault secrets
-        given to ansible-playbook). An inline secret is the file's own text; like every string
-        this plugin sets, it is not trusted as a template, so it is never rendered.
+        The inventory holds where the secret is written (its fleet path), never its value nor its
+        source: the fleet_secret lookup reads the fleet file and the secret then, for every form
+        (inline, env, file, vault) alike, so an unset variable fails the task instead of giving ''.
         """
         if secret is None:
             return None
-        if secret.env is not None:
-            return trust_as_template("{{ lookup('ansible.builtin.env', %s) }}" % _jinja_string(secret.env))
-        if secret.file is not None:
-            # Relative to the fleet file, not to wherever the task happens to run.
-            path = os.path.join(os.path.dirname(self.path), os.path.expanduser(secret.file))
-            return trust_as_template("{{ lookup('ansible.builtin.file', %s) }}" % _jinja_string(path))
-        if secret.vault_ciphertext is not None:
-            return EncryptedString(ciphertext=secret.vault_ciphertext)
-        return secret.reveal()
+        return trust_as_template(
+            "{{ lookup('wakegrid.fleet.fleet_secret', %s, fleet_file=%s) }}"
+            % (_jinja_string(secret.where), _jinja_string(self.path))
+        )

@@ -16,6 +16,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import tempfile
+import time
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -38,7 +40,39 @@ except ImportError:
         pass
 
 
+try:
+    from requests.exceptions import RequestException, SSLError  # a dependency of the docker SDK
+except ImportError:
+
+    class RequestException(Exception):  # placeholder, so that except clauses stay valid
+        pass
+
+    class SSLError(RequestException):  # placeholder, so that except clauses stay valid
+        pass
+
+
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+if HAS_DOCKER:
+
+    class _ExplicitTLSClient(docker.APIClient):
+        """An API client that verifies as told: with ca_path only, or not at all.
+
+        requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace a session's ``verify``
+        (psf/requests issue 3829): ca_path must not be silently swapped for the system's CAs, nor
+        validate_certs=false turned into a check against them.
+        """
+
+        trust_env = property(lambda self: False, lambda self, value: None)
+
+    class _Client(object):
+        """What the modules use of docker.DockerClient: the low-level client, as ``api``."""
+
+        def __init__(self, api):
+            self.api = api
+
+        def ping(self):
+            return self.api.ping()
 
 
 class DockerApiError(Exception):
@@ -65,15 +99,17 @@ def docker_argument_spec():
         ca_path=dict(type="path", aliases=["ca_cert", "tls_ca_cert", "cacert_path"]),
         client_cert=dict(type="path", aliases=["tls_client_cert", "cert_path"]),
         client_key=dict(type="path", aliases=["tls_client_key", "key_path"], no_log=False),
+        client_key_content=dict(type="str", no_log=True),
         api_version=dict(
             type="str", default="auto", aliases=["docker_api_version"], fallback=(env_fallback, ["DOCKER_API_VERSION"])
         ),
         api_timeout=dict(type="int", default=60, fallback=(env_fallback, ["DOCKER_TIMEOUT"])),
+        api_wait_timeout=dict(type="int", default=0),
         use_ssh_client=dict(type="bool", default=False),
     )
 
 
-DOCKER_REQUIRED_TOGETHER = [("client_cert", "client_key")]
+DOCKER_MUTUALLY_EXCLUSIVE = [("client_key", "client_key_content")]
 
 
 def check_sdk(module):
@@ -91,30 +127,76 @@ def _cert_path_default(params, name, filename):
     return None
 
 
-def connect(params):
-    """A docker.DockerClient for the connection options; DockerApiError when the API is unreachable."""
-    tls_config = False
+def _tls_config(params, cleanup):
     ca_path = _cert_path_default(params, "ca_path", "ca.pem")
     client_cert = _cert_path_default(params, "client_cert", "cert.pem")
     client_key = _cert_path_default(params, "client_key", "key.pem")
-    if params["tls"] or params["validate_certs"]:
-        tls_config = TLSConfig(
+    if not (params["tls"] or params["validate_certs"]):
+        return False
+    if params.get("client_key_content"):
+        # The SDK reads the key from a file at each connection: a private one, removed at exit.
+        handle, client_key = tempfile.mkstemp(prefix="docker-key-", suffix=".pem")
+        if cleanup is not None:
+            cleanup(client_key)
+        with os.fdopen(handle, "w") as key_file:
+            key_file.write(params["client_key_content"].strip() + "\n")
+    if bool(client_cert) != bool(client_key):
+        raise DockerApiError("client_cert and client_key (or client_key_content) go together")
+    try:
+        return TLSConfig(
             client_cert=(client_cert, client_key) if client_cert and client_key else None,
             ca_cert=ca_path if params["validate_certs"] else None,
             verify=bool(params["validate_certs"]),
         )
-    try:
-        client = docker.DockerClient(
-            base_url=params["docker_host"],
-            version=params["api_version"],
-            timeout=params["api_timeout"],
-            tls=tls_config,
-            use_ssh_client=params["use_ssh_client"],
-        )
-        client.ping()
-    except Exception as exc:  # DockerException, and the requests/paramiko errors the SDK lets through
-        raise DockerApiError("cannot reach the Docker API at %s: %s" % (params["docker_host"], exc))
-    return client
+    except DockerException as exc:  # a missing certificate file
+        raise DockerApiError("TLS settings for %s: %s" % (params["docker_host"], exc))
+
+
+def _tls_failure(exc):
+    while exc is not None:
+        if isinstance(exc, SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def connect(params, cleanup=None):
+    """A client (its ``api``: a docker.APIClient) for the connection options; DockerApiError when unreachable.
+
+    With ``api_wait_timeout``, an API that does not answer yet (a host still booting) is tried
+    again every second until then; a TLS failure is final at once. ``cleanup(path)`` registers the
+    temporary files to remove when the module ends (AnsibleModule.add_cleanup_file).
+    """
+    tls_config = _tls_config(params, cleanup)
+    deadline = time.monotonic() + max(0, params.get("api_wait_timeout") or 0)
+    while True:
+        # While waiting, no attempt may overrun the deadline by a whole api_timeout.
+        left = deadline - time.monotonic()
+        attempt_timeout = params["api_timeout"] if left <= 0 else max(1, min(params["api_timeout"], int(left) + 1))
+        explicit = tls_config and (not tls_config.verify or tls_config.ca_cert)
+        api_class = _ExplicitTLSClient if explicit else docker.APIClient
+        try:
+            client = _Client(
+                api_class(
+                    base_url=params["docker_host"],
+                    version=params["api_version"],
+                    timeout=attempt_timeout,
+                    tls=tls_config,
+                    use_ssh_client=params["use_ssh_client"],
+                )
+            )
+            client.ping()
+            client.api.timeout = params["api_timeout"]
+            return client
+        except Exception as exc:  # DockerException, and the requests/paramiko errors the SDK lets through
+            tls_error = _tls_failure(exc)
+            if tls_error is not None:
+                raise DockerApiError(
+                    "TLS connection to the Docker API at %s failed: %s" % (params["docker_host"], tls_error)
+                )
+            if time.monotonic() >= deadline:
+                raise DockerApiError("cannot reach the Docker API at %s: %s" % (params["docker_host"], exc))
+        time.sleep(1)
 
 
 def inspect_container(client, name):

@@ -39,7 +39,7 @@ RESERVED_FLEET_NAMES = frozenset(
     )
 )
 # Keys of a fleet node that hold secrets; scrubbed from module output when fleet_nodes is given.
-FLEET_SECRET_KEYS = ("token_secret", "private_key", "secureon", "password")
+FLEET_SECRET_KEYS = ("token_secret", "private_key", "secureon", "password", "key")  # key: docker.key
 
 
 def fleet_secret_values(value):

@@ -24,7 +24,7 @@ import re
 import time
 import traceback
 
-from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.basic import env_fallback, missing_required_lib
 from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import suggest_name
 
 PROXMOXER_IMP_ERR = None
@@ -83,15 +83,19 @@ class ProxmoxError(Exception):
 
 
 def proxmox_argument_spec():
-    """Connection options shared by the modules (documented in the wakegrid.fleet.proxmox fragment)."""
+    """Connection options shared by the modules (documented in the wakegrid.fleet.proxmox fragment).
+
+    The environment variables are community.proxmox's, so that a shell or an execution environment
+    set up for one collection serves the other.
+    """
     return dict(
-        api_host=dict(type="str", required=True),
-        api_port=dict(type="int", default=8006),
-        api_user=dict(type="str"),
-        api_password=dict(type="str", no_log=True),
-        api_token_id=dict(type="str", no_log=False),
-        api_token_secret=dict(type="str", no_log=True),
-        validate_certs=dict(type="bool", default=True),
+        api_host=dict(type="str", required=True, fallback=(env_fallback, ["PROXMOX_HOST"])),
+        api_port=dict(type="int", default=8006, fallback=(env_fallback, ["PROXMOX_PORT"])),
+        api_user=dict(type="str", fallback=(env_fallback, ["PROXMOX_USER"])),
+        api_password=dict(type="str", no_log=True, fallback=(env_fallback, ["PROXMOX_PASSWORD"])),
+        api_token_id=dict(type="str", no_log=False, fallback=(env_fallback, ["PROXMOX_TOKEN_ID"])),
+        api_token_secret=dict(type="str", no_log=True, fallback=(env_fallback, ["PROXMOX_TOKEN_SECRET"])),
+        validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["PROXMOX_VALIDATE_CERTS"])),
         api_timeout=dict(type="int", default=10),
     )
 
@@ -200,9 +204,23 @@ def expected_status(state):
 
 
 def task_failed(task_status):
-    """True when a finished task did not end OK (PVE writes 'OK', or 'WARNINGS: n' for a success)."""
+    """True when a finished task did not end OK (PVE writes 'OK', or 'WARNINGS: n' for a success).
+
+    Like PVE::UPID::status_is_error (pve-common src/PVE/UPID.pm): anything else is an error message.
+    """
     exitstatus = str(task_status.get("exitstatus") or "")
-    return not (exitstatus == "OK" or exitstatus.startswith("WARNINGS"))
+    return not (exitstatus == "OK" or re.match(r"^WARNINGS: \d+$", exitstatus))
+
+
+def task_running(task):
+    """True for an entry of GET /nodes/{node}/tasks that is still running.
+
+    PVE lists a running task with ``status: "RUNNING"`` and no ``endtime``; a finished one carries its
+    exit status there ("OK", "WARNINGS: 2", an error message) and its ``endtime`` (pve-manager
+    PVE/API2/Tasks.pm node_tasks). Not to be confused with /nodes/{node}/tasks/{upid}/status, whose
+    ``status`` is "running" or "stopped" and whose exit status is ``exitstatus``.
+    """
+    return not task.get("endtime") and str(task.get("status") or "RUNNING").upper() == "RUNNING"
 
 
 def log_lines(entries):
@@ -216,6 +234,37 @@ def upid_node(upid):
     if len(parts) < 3 or parts[0] != "UPID":
         raise ProxmoxError("not a Proxmox VE task id: %r" % upid)
     return parts[1]
+
+
+def with_live_status(resources, nodes, listings):
+    """/cluster/resources entries with each guest's status from its own node, where that node answered.
+
+    The status in /cluster/resources is pvestatd's last broadcast, up to ~10 s old, and pmxcfs keeps a
+    powered-off node's for 5 minutes (pve-manager PVE/API2/Cluster.pm resources); a node's own guest
+    lists (``listings``: node -> GET /nodes/{node}/qemu + lxc) are live. Guests of a node that is not
+    online get V(unknown): nothing current is known about them.
+    """
+    online = set(n.get("node") for n in nodes if n.get("status") == "online")
+    live = {}
+    for node, entries in (listings or {}).items():
+        for entry in entries or []:
+            live[(node, int(entry["vmid"]))] = entry
+    out = []
+    for resource in resources:
+        if resource.get("type") not in PVE_TYPE_TO_KIND:
+            out.append(resource)
+            continue
+        resource = dict(resource)
+        node = resource.get("node")
+        entry = live.get((node, int(resource["vmid"])))
+        if node not in online:
+            resource.update(status="unknown", uptime=0)
+        elif entry is not None:
+            for key in ("status", "uptime", "name"):
+                if entry.get(key) is not None:
+                    resource[key] = entry[key]
+        out.append(resource)
+    return out
 
 
 def guest_summary(resource, parents=None):
@@ -452,6 +501,12 @@ class ProxmoxClient:
     def nodes(self):
         return self.call("list the cluster's nodes", self.api.nodes.get)
 
+    def node_guests(self, node):
+        """The guests on ``node`` as that node sees them now: GET /nodes/{node}/qemu and /lxc."""
+        step = "list the guests of node %s" % node
+        api = self.api.nodes(node)
+        return list(self.call(step, api.qemu.get) or []) + list(self.call(step, api.lxc.get) or [])
+
     def guest_api(self, guest):
         return self.api.nodes(guest["node"])(guest["type"])(guest["vmid"])
 
@@ -485,7 +540,7 @@ class ProxmoxClient:
                     vmid=vmid,
                 )
             )
-        return [t for t in tasks if str(t.get("id")) == str(vmid) and t.get("status") in (None, "running")]
+        return [t for t in tasks if str(t.get("id")) == str(vmid) and task_running(t)]
 
     # ---- tasks
 

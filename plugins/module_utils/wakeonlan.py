@@ -145,14 +145,46 @@ def icmp_answers(ping_path, host, timeout):
     return False, "ping exited %d%s" % (proc.returncode, (": " + lines[-1]) if lines else "")
 
 
+class Resender(object):
+    """Sends the magic packet again, every ``interval`` seconds, at most ``count`` times.
+
+    A NIC can miss one packet (a switch still learning, a link coming up). Call it between two
+    checks that got no answer; it is never called once the machine answered.
+    """
+
+    def __init__(self, send, interval, count, clock=time.monotonic):
+        self.send = send
+        self.interval = interval
+        self.left = count if interval > 0 else 0
+        self.clock = clock
+        self.last = clock()  # the first packet has just gone
+        self.sent = 1
+
+    def __call__(self):
+        if self.left > 0 and self.clock() - self.last >= self.interval:
+            self.send()
+            self.last = self.clock()
+            self.left -= 1
+            self.sent += 1
+
+
 def wait_until_answers(
-    probe, timeout, delay=0.0, sleep=1.0, probe_timeout=2.0, started=None, clock=time.monotonic, pause=time.sleep
+    probe,
+    timeout,
+    delay=0.0,
+    sleep=1.0,
+    probe_timeout=2.0,
+    started=None,
+    clock=time.monotonic,
+    pause=time.sleep,
+    between=None,
 ):
     """Call ``probe(limit) -> (ok, why)`` until ok or ``timeout`` seconds after ``started``.
 
     The first probe comes ``delay`` seconds after ``started``, then one every ``sleep`` seconds;
     each may take ``probe_timeout`` seconds, cut to what is left (at least 0.1 s, so that the
-    last check may happen at the deadline itself).
+    last check may happen at the deadline itself). ``between()``, if given, runs after each
+    probe that got no answer (a :class:`Resender`), never after one that did.
     Returns ``(answered, seconds since started, last reason)``.
     """
     started = clock() if started is None else started
@@ -166,4 +198,6 @@ def wait_until_answers(
         remaining = deadline - clock()
         if remaining <= 0:
             return False, clock() - started, why
+        if between is not None:
+            between()
         pause(min(sleep, remaining))

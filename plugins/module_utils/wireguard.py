@@ -418,6 +418,19 @@ def upsert_peer(config, section, name, public_key):
     return replaced_keys
 
 
+def managed_peers(config):
+    """The peers this collection manages in the file (sections with a marker), in file order:
+    [{'name', 'public_key', 'allowed_ips'}]. Hand-written sections are not listed."""
+    found = []
+    for section in config.peers:
+        if section.marker is None:
+            continue
+        allowed = [a for value in section.values("AllowedIPs") for a in split_list(value)]
+        found.append({"name": section.marker, "public_key": section.get("PublicKey"),
+                      "allowed_ips": normalize_networks(allowed)})
+    return found
+
+
 def remove_peer(config, name=None, public_key=None):
     """Drop the peer's section(s); returns the public keys they held."""
     indexes = find_peer_sections(config, name=name, public_key=public_key)
@@ -495,8 +508,8 @@ def interface_section_update(config, addresses, listen_port, mtu, private_key_pa
         section.set("ListenPort", [str(listen_port)])
     if mtu is not None:
         section.set("MTU", [str(mtu)])
-    post_up = [v for v in section.values("PostUp") if not _is_private_key_postup(v)]
-    section.set("PostUp", [private_key_postup(private_key_path)] + post_up)
+    post_up = [v for v in section.values("PostUp") if not _is_private_key_postup(v) and v != HANDSHAKE_POSTUP]
+    section.set("PostUp", [private_key_postup(private_key_path), HANDSHAKE_POSTUP] + post_up)
     if section is not config.sections[-1] and (not section.lines or section.lines[-1].strip()):
         section.lines.append("")
     return config
@@ -508,6 +521,19 @@ def _is_private_key_postup(value):
 
 def private_key_postup(private_key_path):
     return "wg set %%i private-key %s" % shlex.quote(private_key_path)
+
+
+# `wg-quick up` raises the link before its PostUp hooks run, so the first handshake initiation
+# (sent when the link comes up, for peers with a persistent keepalive) fails for want of a
+# private key, and WireGuard holds the next one back for its 5 s REKEY_TIMEOUT. Turning each
+# such peer's keepalive off and on again, once the key is set, sends one at once (a keepalive
+# turned on sends immediately; setting the key resets the hold-back). It never fails wg-quick:
+# the tunnel would come up later without it, not never. No '#': wg-quick cuts lines there.
+HANDSHAKE_POSTUP = (
+    'wg show %i persistent-keepalive | while read -r peer every; do [ "$every" = off ] || '
+    '{ wg set %i peer "$peer" persistent-keepalive 0 && wg set %i peer "$peer" persistent-keepalive "$every"; }; '
+    'done || true'
+)
 
 
 def new_config_text(config):

@@ -60,7 +60,8 @@ options:
   stop_timeout:
     description:
       - Seconds the container gets to stop after its stop signal before Docker kills it.
-      - Defaults to the container's own C(StopTimeout), else Docker's 10 seconds.
+      - Defaults to the container's own C(StopTimeout), else Docker's 10 seconds. The fleet's
+        playbooks pass the node's C(timeouts.stop) (30 seconds by default for a container).
       - It is added to the API time limit O(api_timeout) of the request that stops the container.
     type: int
   wait_healthy:
@@ -80,7 +81,7 @@ notes:
   - Docker runs health checks at the interval the container defines; a check at
     C(--health-interval=30s) makes a start take at least that long with O(wait_healthy).
 seealso:
-  - module: wakegrid.fleet.docker_discover
+  - module: wakegrid.fleet.docker_container_info
   - module: community.docker.docker_container
   - name: Power modules of wakegrid.fleet
     description: How container power fits the fleet's hosting tree.
@@ -175,9 +176,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
-    DOCKER_REQUIRED_TOGETHER,
+    DOCKER_MUTUALLY_EXCLUSIVE,
     DockerApiError,
     DockerException,
+    RequestException,
     check_sdk,
     connect,
     container_logs_tail,
@@ -317,7 +319,7 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        required_together=DOCKER_REQUIRED_TOGETHER,
+        mutually_exclusive=DOCKER_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
     check_sdk(module)
@@ -327,6 +329,8 @@ def main():
         module.fail_json(msg=exc.msg, **exc.result)
     except DockerException as exc:
         module.fail_json(msg="Docker API error on %s: %s" % (module.params["docker_host"], exc))
+    except (RequestException, OSError) as exc:  # the API went away after answering
+        module.fail_json(msg="lost the connection to the Docker API at %s: %s" % (module.params["docker_host"], exc))
     module.exit_json(**result)
 
 

@@ -96,7 +96,7 @@ notes:
   - A paused or suspended VM (C(qmpstatus)) is not resumed; V(started) fails for it with a clear
     message.
 seealso:
-  - module: wakegrid.fleet.proxmox_discover
+  - module: wakegrid.fleet.proxmox_guest_info
   - name: Proxmox VE API viewer
     description: C(/nodes/{node}/qemu/{vmid}/status) and C(/nodes/{node}/lxc/{vmid}/status).
     link: https://pve.proxmox.com/pve-docs/api-viewer/

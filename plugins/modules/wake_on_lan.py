@@ -122,12 +122,26 @@ options:
       - Seconds between two checks.
     type: float
     default: 1
+  resend_interval:
+    description:
+      - While waiting for O(wait_for), send the magic packet again every this many seconds (a
+        network card can miss one packet, for example while a switch is still learning or a link is
+        coming up). The resend happens between two checks that got no answer, so never once the
+        machine answered.
+      - V(0) sends one packet only. Without O(wait_for), one packet is sent.
+    type: float
+    default: 5
+  resend_count:
+    description:
+      - At most this many packets are sent again, after the first one, while waiting.
+    type: int
+    default: 5
 requirements:
   - Python on the host that runs the module; the C(wakeonlan) library (>= 4.0) is used when it is
     installed there, else the standard library sends the same packet
 notes:
-  - One packet is sent. A machine that misses it (a switch still learning, a link coming up) is
-    only woken by running the task again; O(wait_for) at least tells you so.
+  - Without O(wait_for), one packet is sent. With it, the packet is sent again every
+    O(resend_interval) seconds (at most O(resend_count) times) until the machine answers.
   - A TCP check treats only an accepted connection as an answer; a refused connection means the
     machine is up but not yet serving, and the module keeps waiting.
 seealso:
@@ -194,6 +208,11 @@ elapsed:
   returned: always
   type: float
   sample: 42.17
+packets_sent:
+  description: How many magic packets were sent (the first one and the resends); 0 when none.
+  returned: always
+  type: int
+  sample: 2
 packet_size:
   description: Size of the magic packet in bytes, 102, 106 or 108 with a SecureOn password.
   returned: always
@@ -205,6 +224,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wakegrid.fleet.plugins.module_utils.wakeonlan import (
+    Resender,
     build_magic_packet,
     format_mac,
     icmp_answers,
@@ -229,7 +249,7 @@ def make_probe(module, wait_for):
 
 def run(module):
     params = module.params
-    for name in ("timeout", "delay", "sleep"):
+    for name in ("timeout", "delay", "sleep", "resend_interval", "resend_count"):
         if params[name] < 0:
             module.fail_json(msg="%s must be 0 or more, got %s" % (name, params[name]))
     try:
@@ -239,7 +259,7 @@ def run(module):
         module.fail_json(msg=str(exc))
     packet = build_magic_packet(mac, password)
     result = dict(changed=False, mac=format_mac(mac), sent=False, already_awake=None, elapsed=None,
-                  packet_size=len(packet))
+                  packets_sent=0, packet_size=len(packet))
 
     wait_for = params["wait_for"]
     probe = label = None
@@ -256,16 +276,20 @@ def run(module):
     if module.check_mode:
         module.exit_json(msg="would send a magic packet to %s" % result["mac"], **result)
 
+    def send():
+        try:
+            send_magic_packet(packet, params["broadcast"], params["port"], params["interface"])
+        except (OSError, ValueError) as exc:
+            module.fail_json(
+                msg="could not send the magic packet to %s port %d%s: %s"
+                % (params["broadcast"], params["port"],
+                   " from %s" % params["interface"] if params["interface"] else "", exc),
+                **result
+            )
+        result["packets_sent"] += 1
+
     started = time.monotonic()
-    try:
-        send_magic_packet(packet, params["broadcast"], params["port"], params["interface"])
-    except (OSError, ValueError) as exc:
-        module.fail_json(
-            msg="could not send the magic packet to %s port %d%s: %s"
-            % (params["broadcast"], params["port"],
-               " from %s" % params["interface"] if params["interface"] else "", exc),
-            **result
-        )
+    send()
     result["sent"] = True
     if not wait_for:
         module.exit_json(msg="sent a magic packet to %s" % result["mac"], **result)
@@ -277,12 +301,14 @@ def run(module):
         sleep=params["sleep"],
         probe_timeout=wait_for["connect_timeout"],
         started=started,
+        between=Resender(send, params["resend_interval"], params["resend_count"]),
     )
     result["elapsed"] = round(elapsed, 3)
     if not answered:
         module.fail_json(
-            msg="sent a magic packet to %s, but %s did not answer within %g s (last check: %s)"
-            % (result["mac"], label, params["timeout"], why),
+            msg="sent %s to %s, but %s did not answer within %g s (last check: %s)"
+            % ("a magic packet" if result["packets_sent"] == 1 else "%d magic packets" % result["packets_sent"],
+               result["mac"], label, params["timeout"], why),
             **result
         )
     module.exit_json(msg="%s woke up: %s answered after %.1f s" % (result["mac"], label, elapsed), **result)
@@ -309,6 +335,8 @@ def main():
             timeout=dict(type="float", default=300),
             delay=dict(type="float", default=0),
             sleep=dict(type="float", default=1),
+            resend_interval=dict(type="float", default=5),
+            resend_count=dict(type="int", default=5),
         ),
         supports_check_mode=True,
     )

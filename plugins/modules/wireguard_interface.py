@@ -25,6 +25,9 @@ description:
     is never restarted, so established sessions and handshakes survive.
   - When the interface has to be created, the peers persisted in the file (by
     M(wakegrid.fleet.wireguard_peer)) are loaded too, like C(wg-quick up) does.
+  - "Returns the peers the file holds with a C(# wakegrid: <name>) marker (RV(managed_peers)),
+    so that a play can remove the managed peers it no longer wants with
+    M(wakegrid.fleet.wireguard_peer) (C(state: absent))."
 author:
   - wakegrid engineers (@wakegrid)
 requirements:
@@ -101,7 +104,13 @@ options:
 notes:
   - The configuration file references the key file with
     C(PostUp = wg set %i private-key <private_key_path>) instead of an inline C(PrivateKey), so
-    key material exists in exactly one file, which only C(wg) reads. Do not use
+    key material exists in exactly one file, which only C(wg) reads.
+  - C(wg-quick up) raises the link before its C(PostUp) hooks set the key, so the first handshake
+    fails and WireGuard waits 5 s (its rekey timeout) before the next one. A second C(PostUp),
+    written right after the key's, turns the persistent keepalive of each peer that has one off
+    and on again, which sends a handshake at once; a spoke restarted by C(wg-quick) (at boot, by
+    C(systemctl restart)) reconnects within a round trip instead of 5 s.
+  - Do not use
     C(SaveConfig = true) or C(wg-quick save) on a managed interface; they would inline the key
     and drop the markers of managed peers.
   - C(wireguard-go) keeps its control socket in C(/var/run/wireguard/<name>.sock), which is shared
@@ -128,6 +137,13 @@ EXAMPLES = r"""
 - name: Share the hub public key with the spokes
   ansible.builtin.set_fact:
     hub_public_key: "{{ hub_wg.public_key }}"
+
+- name: Remove the managed peers of sites that are gone (hand-written peers are never listed)
+  wakegrid.fleet.wireguard_peer:
+    interface: wg0
+    name: "{{ item }}"
+    state: absent
+  loop: "{{ hub_wg.managed_peers | map(attribute='name') | difference(['pi-dijon', 'nuc-thory']) }}"
 
 - name: Remove the interface and forget its key
   wakegrid.fleet.wireguard_interface:
@@ -175,6 +191,30 @@ private_key_path:
   returned: always
   type: str
   sample: /etc/wireguard/wg0.key
+managed_peers:
+  description:
+    - "The peers of the configuration file that carry a C(# wakegrid: <name>) marker (those written
+      by M(wakegrid.fleet.wireguard_peer)), in file order. Hand-written peers are not listed."
+    - This module never changes them; a play compares the names with the peers it wants and removes
+      the others with M(wakegrid.fleet.wireguard_peer).
+  returned: when O(state=present)
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The marker name.
+      type: str
+      sample: gw-thory
+    public_key:
+      description: The section's public key (null if it has none).
+      type: str
+      sample: iO8XroB0QXbHxC6Ol5kMCBlV1gFcWLOX78Zp3jRWVWQ=
+    allowed_ips:
+      description: The section's allowed IPs, as WireGuard stores them (host bits masked).
+      type: list
+      elements: str
+      sample: [10.200.2.1/32, 10.231.2.0/24]
+  sample: [{name: gw-thory, public_key: iO8XroB0QXbHxC6Ol5kMCBlV1gFcWLOX78Zp3jRWVWQ=, allowed_ips: [10.200.2.1/32]}]
 actions:
   description: What was done (or, in check mode, would be done), in order.
   returned: always
@@ -198,6 +238,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.wireguard import (
     interface_section_update,
     is_valid_key,
     link_implementation,
+    managed_peers,
     new_config_text,
     normalize_interface_addresses,
     parse_config,
@@ -314,6 +355,7 @@ def main():
         config = parse_config(old_text or "")
         desired_addresses = normalize_interface_addresses(
             params["address"] if params["address"] is not None else config_addresses(config))
+        peers_in_file = managed_peers(config)
     except WireGuardError as exc:
         module.fail_json(msg="%s: %s" % (config_path, exc))
     interface_section = config.interface
@@ -439,7 +481,7 @@ def main():
     result = dict(
         changed=bool(actions), name=name, public_key=public_key, implementation=after["implementation"],
         addresses=after["addresses"], listen_port=after["listen_port"], config_path=config_path,
-        private_key_path=key_path, actions=actions,
+        private_key_path=key_path, managed_peers=peers_in_file, actions=actions,
     )
     if module._diff:
         result["diff"] = [

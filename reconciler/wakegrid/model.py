@@ -20,10 +20,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from wakegrid.secret import Secret
-from wakegrid.yamlsource import YamlDocument, YamlSyntaxError, load_yaml
+from wakegrid.secret import Secret, walk_secrets
+from wakegrid.yamlsource import YamlDocument, YamlSyntaxError, bulk_allocation, load_yaml
 
 PLUGIN_NAME = "wakegrid.fleet.fleet"
 NODE_KINDS = ("machine", "vm", "lxc", "container")
@@ -276,16 +285,64 @@ class Proxmox(_Strict):
     token_id: str = Field(pattern=_TOKEN_ID_RE.pattern)
     token_secret: SecretValue
     verify_tls: bool = True
+    # Corosync membership: machines naming the same cluster share quorum (and a vmid space).
+    cluster: Name | None = None
+    votes: int = Field(1, ge=0, description="this node's corosync votes (quorum_votes)")
+
+
+class Cluster(_Strict):
+    """A Proxmox cluster's quorum arrangement beyond its members' votes."""
+
+    qdevice: Name | None = Field(None, description="the machine running corosync-qnetd: one extra vote while up")
+    expected_votes: int | None = Field(None, ge=1, description="default: the members' votes plus the QDevice's")
+
+
+def _path(value: Any, info: ValidationInfo) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not a file path")
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir and not Path(value).expanduser().is_absolute():
+        return str(Path(base_dir) / value)  # beside the fleet file, as secret files
+    return value
+
+
+FilePath = Annotated[str, BeforeValidator(_path)]
 
 
 class DockerApi(_Strict):
     api: str = Field(pattern=r"^(tcp|unix|ssh|https?)://\S+$")
     tls: bool = False
+    # TLS verifies the server against `ca` (else the system CAs) unless tls_verify is false.
+    tls_verify: bool = True
+    ca: FilePath | None = None
+    cert: FilePath | None = None
+    key: SecretValue | None = None
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> DockerApi:
+        uses_tls = self.tls or self.api.startswith("https://")
+        if not uses_tls:
+            given = [name for name in ("ca", "cert", "key") if getattr(self, name) is not None]
+            if "tls_verify" in self.model_fields_set:
+                given.append("tls_verify")
+            if given:
+                raise ValueError(f"{', '.join(given)} need tls: true (a tcp:// API with TLS)")
+        elif not self.api.startswith(("tcp://", "https://")):
+            raise ValueError(f"tls applies to tcp:// APIs, not {self.api.split('://')[0]}://")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (the client certificate and its private key)")
+        if self.ca is not None and not self.tls_verify:
+            raise ValueError("ca is not used with tls_verify: false (nothing is verified)")
+        return self
 
 
 class Timeouts(_Strict):
     start: Duration = 300.0
+    # Containers default to CONTAINER_STOP_TIMEOUT (their grace period before SIGKILL), see Node.
     stop: Duration = 180.0
+
+
+CONTAINER_STOP_TIMEOUT = 30.0  # Docker's own 10 s before SIGKILL is too short for a database
 
 
 class Node(_Strict):
@@ -303,6 +360,17 @@ class Node(_Strict):
     confirm_shutdown: bool | None = None
     tags: list[str] = []
     timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _container_stop_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "container":
+            timeouts = data.get("timeouts")
+            if timeouts is None:
+                data = {**data, "timeouts": {"stop": CONTAINER_STOP_TIMEOUT}}
+            elif isinstance(timeouts, dict) and "stop" not in timeouts:
+                data = {**data, "timeouts": {**timeouts, "stop": CONTAINER_STOP_TIMEOUT}}
+        return data
 
 
 class Window(_Strict):
@@ -361,6 +429,7 @@ class Fleet(_Strict):
     nodes: dict[Name, Node] = {}
     dependencies: dict[Name, list[Name]] = {}
     services: dict[Name, Service] = {}
+    clusters: dict[Name, Cluster] = {}  # Proxmox clusters named by nodes.*.proxmox.cluster
     lab: dict[str, Any] = {}
 
     # ---- the hosting tree (layer 1)
@@ -373,20 +442,40 @@ class Fleet(_Strict):
         return [child for child, node in self.nodes.items() if node.parent == name]
 
     def ancestors(self, name: str) -> list[str]:
-        """From the top of the tree (a machine) down to the parent of ``name``."""
+        """From the top of the tree (a machine) down to the parent of ``name``.
+
+        On an invalid fleet the walk stops before an unknown parent or a node seen
+        twice (a hosting cycle), so it always ends; validation reports both.
+        """
         chain: list[str] = []
+        seen = {name}
         parent = self.nodes[name].parent
-        while parent is not None:
+        while parent in self.nodes and parent not in seen:
             chain.append(parent)
+            seen.add(parent)
             parent = self.nodes[parent].parent
         return chain[::-1]
 
     def descendants(self, name: str) -> list[str]:
         """Everything hosted below ``name``, deepest first (the order to stop them in)."""
+        children: dict[str, list[str]] = {}
+        for child, node in self.nodes.items():
+            if node.parent is not None:
+                children.setdefault(node.parent, []).append(child)
+        # Iterative post-order (a deep tree would overflow the stack); ``seen`` ends hosting cycles.
         order: list[str] = []
-        for child in self.children(name):
-            order.extend(self.descendants(child))
-            order.append(child)
+        seen = {name}
+        stack = [(name, iter(children.get(name, [])))]
+        while stack:
+            parent, pending = stack[-1]
+            child = next((c for c in pending if c not in seen), None)
+            if child is None:
+                stack.pop()
+                if stack:
+                    order.append(parent)
+                continue
+            seen.add(child)
+            stack.append((child, iter(children.get(child, []))))
         return order
 
     def machine_of(self, name: str) -> str:
@@ -421,6 +510,21 @@ class Fleet(_Strict):
         merged.update({field: getattr(own, field) for field in own.model_fields_set})
         return Ssh(**merged)
 
+    # ---- Proxmox clusters (quorum)
+
+    def cluster_of(self, name: str) -> str | None:
+        """The Proxmox cluster of a machine (by ``proxmox.cluster``), or of the machine hosting a guest."""
+        machine = self.nodes.get(self.machine_of(name)) if name in self.nodes else None
+        return machine.proxmox.cluster if machine is not None and machine.proxmox else None
+
+    def cluster_members(self, cluster: str) -> dict[str, int]:
+        """The machines of a cluster, in file order, with their votes."""
+        return {
+            name: node.proxmox.votes
+            for name, node in self.nodes.items()
+            if node.kind == "machine" and node.proxmox is not None and node.proxmox.cluster == cluster
+        }
+
     # ---- the dependency graph (layer 2)
 
     def dependencies_of(self, name: str) -> list[str]:
@@ -435,9 +539,16 @@ class Fleet(_Strict):
         return backend.site or (self.site_of(backend.node) if backend.node in self.nodes else None)
 
     def backend_address(self, backend: Backend) -> str | None:
+        """The backend's own address, else its node's; a container without one is reached
+        on its Docker host's address (a published port)."""
         if backend.address:
             return backend.address
-        return self.nodes[backend.node].address if backend.node in self.nodes else None
+        node = self.nodes.get(backend.node) if backend.node is not None else None
+        if node is None:
+            return None
+        if node.address is None and node.kind == "container" and node.parent in self.nodes:
+            return self.nodes[node.parent].address
+        return node.address
 
     def site_order(self, service: Service) -> list[str]:
         """Failover order of the service's sites: explicit, else by site priority then name."""
@@ -537,9 +648,12 @@ _PATTERN_HINTS = {
 def load_fleet(path: str | Path) -> Fleet:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FleetError(str(path), [Problem("", f"cannot read the fleet file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise FleetError(str(path), [Problem("", "the fleet file is not UTF-8 text", line)]) from None
     return parse_fleet(text, source=str(path), base_dir=path.resolve().parent)
 
 
@@ -561,7 +675,8 @@ def validate_document(document: YamlDocument, source: str, base_dir: str | Path 
         problems.append(Problem("", "the fleet file must be a mapping (edge, sites, nodes, …)", 1))
         raise FleetError(source, problems)
     try:
-        fleet = Fleet.model_validate(document.data, context={"base_dir": base_dir})
+        with bulk_allocation():
+            fleet = Fleet.model_validate(document.data, context={"base_dir": base_dir})
     except ValidationError as exc:
         for error in exc.errors():
             loc = tuple(error["loc"])
@@ -572,6 +687,8 @@ def validate_document(document: YamlDocument, source: str, base_dir: str | Path 
     )
     if problems:
         raise FleetError(source, problems)
+    for loc, secret in walk_secrets(fleet):
+        secret.where = format_path(loc)  # errors and Ansible's lookup name a secret by where it is written
     return fleet
 
 
@@ -585,8 +702,14 @@ def _check_references(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     yield from _check_names(fleet)
     yield from _check_sites(fleet)
     yield from _check_nodes(fleet)
+    # Checks that follow a node's hosts upwards (a backend's site, a container's host address) run
+    # only where that chain is intact: across an unknown parent or a cycle (reported above) the
+    # answer would be wrong, not just unknown.
+    tops = _tops(fleet)
+    intact = {name for name, top in tops.items() if fleet.nodes[top].parent is None}
     yield from _check_dependencies(fleet)
-    yield from _check_services(fleet)
+    yield from _check_clusters(fleet)
+    yield from _check_services(fleet, intact)
     yield from _check_addresses(fleet)
 
 
@@ -622,6 +745,7 @@ def _a(kind: str) -> str:
 
 def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     vmids: dict[tuple[str, int], str] = {}
+    tops = _tops(fleet)
     for name, node in fleet.nodes.items():
         at = ("nodes", name)
         if node.kind == "machine":
@@ -637,7 +761,7 @@ def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
             for field in ("mac", "wol"):
                 if getattr(node, field) is not None:
                     yield (*at, field), f"only machines are woken by Wake-on-LAN, not {_a(node.kind)}"
-            yield from _check_hosted(fleet, name, node)
+            yield from _check_hosted(fleet, name, node, tops)
         if node.kind in GUEST_KINDS:
             if node.vmid is None:
                 yield (*at, "vmid"), f"required for {_a(node.kind)}"
@@ -659,7 +783,7 @@ def _check_nodes(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     yield from _check_hosting_cycles(fleet)
 
 
-def _check_hosted(fleet: Fleet, name: str, node: Node) -> Iterator[tuple[Loc, str]]:
+def _check_hosted(fleet: Fleet, name: str, node: Node, tops: dict[str, str]) -> Iterator[tuple[Loc, str]]:
     at = ("nodes", name)
     if node.parent is None:
         yield (*at, "parent"), f"required for {_a(node.kind)} (the node that hosts it)"
@@ -681,43 +805,87 @@ def _check_hosted(fleet: Fleet, name: str, node: Node) -> Iterator[tuple[Loc, st
             (f"{node.parent!r} has no docker capability (a container is started through its parent's Docker API)"),
         )
     if node.site is not None:
-        top = _top_site(fleet, name)
+        machine = fleet.nodes[tops[name]]
+        top = machine.site if machine.kind == "machine" else None
         if node.site not in fleet.sites:
             yield (*at, "site"), f"unknown site {node.site!r}"
         elif top is not None and top != node.site:
             yield (*at, "site"), f"{name!r} is hosted at site {top!r}, not {node.site!r}"
 
 
-def _top_site(fleet: Fleet, name: str) -> str | None:
-    """The site of the machine at the top of ``name``'s tree, tolerating broken trees."""
-    seen = {name}
-    current = fleet.nodes[name]
-    while current.parent is not None and current.parent in fleet.nodes and current.parent not in seen:
-        seen.add(current.parent)
-        current = fleet.nodes[current.parent]
-    return current.site if current.kind == "machine" else None
+def _tops(fleet: Fleet) -> dict[str, str]:
+    """For every node, the last node reached going up its parents, tolerating broken trees
+    (the walk stops before an unknown parent or a repeated node). Linear: each chain is walked once."""
+    tops: dict[str, str] = {}
+    for name in fleet.nodes:
+        path: list[str] = []
+        on_path: set[str] = set()
+        current = name
+        while current not in tops:
+            path.append(current)
+            on_path.add(current)
+            parent = fleet.nodes[current].parent
+            if parent not in fleet.nodes or parent in on_path:
+                top = current
+                break
+            current = parent
+        else:
+            top = tops[current]
+        for walked in path:
+            tops[walked] = top
+    return tops
 
 
 def _proxmox_cluster(fleet: Fleet, machine: str) -> str:
-    """Guests of one Proxmox API share a vmid space."""
+    """Guests of one Proxmox cluster (or, outside a declared cluster, of one API) share a vmid space."""
     node = fleet.nodes[machine]
+    if node.proxmox and node.proxmox.cluster:
+        return f"cluster {node.proxmox.cluster}"
     return node.proxmox.api if node.proxmox else machine
 
 
+def _check_clusters(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
+    for name, cluster in fleet.clusters.items():
+        at = ("clusters", name)
+        members = fleet.cluster_members(name)
+        if not members:
+            yield at, f"no Proxmox machine declares proxmox.cluster: {name}"
+            continue
+        qdevice = fleet.nodes.get(cluster.qdevice) if cluster.qdevice is not None else None
+        if cluster.qdevice is not None:
+            if qdevice is None:
+                yield (*at, "qdevice"), f"unknown node {cluster.qdevice!r}"
+            elif qdevice.kind != "machine":
+                yield (*at, "qdevice"), f"{cluster.qdevice!r} is {_a(qdevice.kind)}; a QDevice runs on a machine"
+            elif cluster.qdevice in members:
+                yield (*at, "qdevice"), f"{cluster.qdevice!r} is a member of cluster {name!r}, not an outside witness"
+        counted = sum(members.values()) + (1 if cluster.qdevice is not None else 0)
+        if cluster.expected_votes is not None and cluster.expected_votes < counted:
+            yield (
+                (*at, "expected_votes"),
+                f"{cluster.expected_votes} is fewer than the {counted} votes its members and QDevice cast",
+            )
+
+
 def hosting_cycles(fleet: Fleet) -> list[list[str]]:
-    """Each cycle of parents, as names with the first repeated at the end."""
+    """Each cycle of parents, as names with the first repeated at the end, starting at the
+    member that comes first in the file. Linear: each node is walked once."""
+    order = {name: index for index, name in enumerate(fleet.nodes)}
+    done: set[str] = set()
     cycles: list[list[str]] = []
-    seen: set[str] = set()
     for name in fleet.nodes:
-        chain = [name]
-        current = fleet.nodes[name].parent
-        while current in fleet.nodes and current not in chain:
-            chain.append(current)
+        path: dict[str, int] = {}
+        current: str | None = name
+        while current in fleet.nodes and current not in done and current not in path:
+            path[current] = len(path)
             current = fleet.nodes[current].parent
-        if current == name and not seen.intersection(chain):
-            seen.update(chain)
-            cycles.append([*chain, name])
-    return cycles
+        if current in path:
+            ring = list(path)[path[current] :]
+            first = min(range(len(ring)), key=lambda i: order[ring[i]])
+            ring = ring[first:] + ring[:first]
+            cycles.append([*ring, ring[0]])
+        done.update(path)
+    return sorted(cycles, key=lambda cycle: order[cycle[0]])
 
 
 def _check_hosting_cycles(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
@@ -729,30 +897,32 @@ def _check_dependencies(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     for name, needs in fleet.dependencies.items():
         if name not in fleet.nodes:
             yield ("dependencies", name), f"unknown node {name!r}"
+        first: dict[str, int] = {}
         for index, need in enumerate(needs):
             if need not in fleet.nodes:
                 yield ("dependencies", name, index), f"unknown node {need!r}"
             elif need == name:
                 yield ("dependencies", name, index), f"{name!r} cannot depend on itself"
-            elif needs.index(need) != index:
+            elif first.setdefault(need, index) != index:
                 yield ("dependencies", name, index), f"{need!r} is listed twice"
     if not hosting_cycles(fleet):
         cycle = find_dependency_cycle(fleet)
         if cycle:
             cycle = _from_a_dependency(fleet, cycle)
-            yield ("dependencies", cycle[0]), "dependency cycle: " + " -> ".join(_describe_cycle(fleet, cycle))
+            # At the dependency that closes the cycle, not at the node's whole list: in a block list
+            # that is the line to change.
+            index = fleet.dependencies.get(cycle[0], []).index(cycle[1])
+            yield ("dependencies", cycle[0], index), "dependency cycle: " + " -> ".join(_describe_cycle(fleet, cycle))
 
 
 def _from_a_dependency(fleet: Fleet, cycle: list[str]) -> list[str]:
-    """Rotate the cycle, if needed, to start where a dependency link leaves, so its path exists in the file."""
-    if cycle[0] in fleet.dependencies:
-        return cycle
+    """Rotate the cycle to start with a dependency link (not a hosting one), so its path exists in the file."""
     ring = cycle[:-1]
     for index, name in enumerate(ring):
         if ring[(index + 1) % len(ring)] in fleet.dependencies.get(name, []):
             rotated = ring[index:] + ring[:index]
             return [*rotated, rotated[0]]
-    return cycle
+    raise AssertionError(f"a cycle of hosting links only is a hosting cycle: {cycle}")
 
 
 def _describe_cycle(fleet: Fleet, cycle: list[str]) -> list[str]:
@@ -778,28 +948,30 @@ def find_dependency_cycle(fleet: Fleet) -> list[str] | None:
             edges.append(parent)
         return edges
 
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        path.append(name)
-        for need in needs(name):
-            if state.get(need) == 1:
-                return [*path[path.index(need) :], need]
-            if need not in state and (found := visit(need)):
-                return found
-        path.pop()
-        state[name] = 2
-        return None
-
-    for name in [*fleet.dependencies, *fleet.nodes]:
-        if name in fleet.nodes and name not in state and (found := visit(name)):
-            return found
+    # Iterative depth-first search: a long chain of dependencies must not overflow the stack.
+    done: set[str] = set()
+    for root in [*fleet.dependencies, *fleet.nodes]:
+        if root not in fleet.nodes or root in done:
+            continue
+        path: dict[str, int] = {root: 0}
+        stack = [(root, iter(needs(root)))]
+        while stack:
+            name, pending = stack[-1]
+            need = next((n for n in pending if n not in done), None)
+            if need is None:
+                stack.pop()
+                del path[name]
+                done.add(name)
+            elif need in path:
+                ring = [entry[0] for entry in stack[path[need] :]]
+                return [*ring, need]
+            else:
+                path[need] = len(stack)
+                stack.append((need, iter(needs(need))))
     return None
 
 
-def _check_services(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
+def _check_services(fleet: Fleet, intact: set[str]) -> Iterator[tuple[Loc, str]]:
     domains: dict[str, str] = {}
     for name, service in fleet.services.items():
         at = ("services", name)
@@ -810,7 +982,7 @@ def _check_services(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
         for index, site in enumerate(service.failover or []):
             if site not in fleet.sites:
                 yield (*at, "failover", index), f"unknown site {site!r}"
-            elif service.failover.index(site) != index:  # type: ignore[union-attr]
+            elif (service.failover or []).index(site) != index:
                 yield (*at, "failover", index), f"{site!r} is listed twice"
         endpoints: dict[tuple[str, int], int] = {}
         for index, backend in enumerate(service.backends):
@@ -824,17 +996,30 @@ def _check_services(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
             if backend.node is None and backend.site is None:
                 yield where, "cannot resolve the backend's site: give its node or its site"
                 continue
+            if backend.node is not None and backend.node not in intact:
+                continue  # its site and address come from a broken hosting chain (reported above)
             if backend.node is not None and backend.site is not None:
                 node_site = fleet.site_of(backend.node)
                 if node_site != backend.site:
                     yield (*where, "site"), f"node {backend.node!r} is at site {node_site!r}, not {backend.site!r}"
             address = fleet.backend_address(backend)
             if address is None:
-                yield where, f"no address: node {backend.node!r} has none, give the backend an address"
+                yield where, _no_address(fleet, backend.node)
                 continue
             first = endpoints.setdefault((address, backend.port), index)
             if first != index:
                 yield where, f"{address}:{backend.port} is already backend [{first}]"
+
+
+def _no_address(fleet: Fleet, name: str | None) -> str:
+    """What the user can write to give a backend an address."""
+    node = fleet.nodes[name] if name is not None else None
+    if node is not None and node.kind == "container":
+        return (
+            f"no address: container {name!r} and its Docker host {node.parent!r} have none; give the backend an "
+            f"address, or {node.parent!r} its address (a published port is reached there)"
+        )
+    return f"no address: node {name!r} has none; give the backend an address, or the node its address"
 
 
 def _check_policy(policy: Policy, at: Loc) -> Iterator[tuple[Loc, str]]:

@@ -8,6 +8,10 @@ points at another fleet.
 
 Tests that change the lab (power, site cuts) put it back as they found it
 (:meth:`LabHandle.restore`), so their order does not matter.
+
+Every test that requests the ``lab`` fixture, directly or through other fixtures, gets the
+``lab`` marker; the others here (modules against loopback Caddy, dockerd, the PVE emulator,
+network namespaces) do not, and run without the lab: ``pytest tests/integration -m "not lab"``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,29 @@ DOCKER = "/usr/bin/docker"
 
 
 def pytest_collection_modifyitems(items):
-    here = Path(__file__).parent
+    # Marked by what a test uses, not by where it lives: the module tests on loopback parts
+    # (Caddy, dockerd, the PVE emulator, network namespaces) run with -m "not lab".
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if uses_the_shared_lab(item):
             item.add_marker(pytest.mark.lab)
+
+
+def uses_the_shared_lab(item: pytest.Item) -> bool:
+    """Does ``item`` request this file's ``lab`` fixture, directly or through other fixtures?
+
+    By identity, not by name: a module may define a ``lab`` fixture of its own (namespaces,
+    emulators) that needs no shared lab.
+    """
+    info = getattr(item, "_fixtureinfo", None)  # doctest items and the like have none
+    if info is None:
+        return False
+    for definitions in info.name2fixturedefs.values():
+        for fixturedef in reversed(definitions):  # the closest definition first
+            if getattr(fixturedef.func, "__code__", None) is _SHARED_LAB_CODE:
+                return True
+            if fixturedef.argname not in fixturedef.argnames:
+                break  # an override that does not extend the definition above it
+    return False
 
 
 class LabHandle:
@@ -125,3 +148,6 @@ def lab() -> Iterator[LabHandle]:
     yield handle
     if os.environ.get("WAKEGRID_LAB_TEARDOWN") == "1":
         handle.lab.down()
+
+
+_SHARED_LAB_CODE = lab.__wrapped__.__code__ if hasattr(lab, "__wrapped__") else lab.__code__

@@ -322,10 +322,10 @@ def container_running(name: str) -> bool:
 def start_emulator(root: Path, node: str, cluster_dir: Path, port: int, *options: str) -> subprocess.Popen:
     """The emulator for ``node`` on 127.0.0.1:``port``, logging to ``root/<node>.log``, once its API answers.
 
-    It runs as a loose script with ``-I -S`` (no site-packages, the file next to engine.py), as inside a lab host.
+    It runs as a loose directory with ``-I -S`` (no site-packages, next to engine.py), as inside a lab host.
     """
     log_path = root / f"{node}.log"
-    cmd = [sys.executable, "-I", "-S", str(LAB_DIR / "pve.py"), "--node", node, "--cluster-dir", str(cluster_dir)]
+    cmd = [sys.executable, "-I", "-S", str(LAB_DIR / "pve"), "--node", node, "--cluster-dir", str(cluster_dir)]
     cmd += ["--listen", "127.0.0.1", "--port", str(port), *options]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -1,4 +1,4 @@
-"""wakegrid.fleet.docker_container_power and docker_discover run by Ansible against a real Docker Engine.
+"""wakegrid.fleet.docker_container_power and docker_container_info run by Ansible against a real Docker Engine.
 
 The containers run a tiny image built here without a registry: Debian's static busybox,
 ``docker import``-ed as wakegrid-test/busybox:latest (reused when present). Each container carries
@@ -8,6 +8,9 @@ this run's label and is removed at the end, even on failure:
 - ``slow``: a health check that passes once the command has slept ~2 s and created a file;
 - ``sick``: a health check that always fails, with a recognisable message;
 - ``crash``: exits at once with code 3 after printing a line.
+
+and, apart (its own fixture, out of docker_container_info's listing), ``stubborn``, which ignores
+SIGTERM (sh as PID 1 without a trap), so that only SIGKILL stops it.
 
 Needs root and Docker Engine (the local socket).
 """
@@ -213,6 +216,44 @@ def test_unknown_container_and_unreachable_api_fail_clearly(engine, run_module):
     assert result["msg"].startswith("cannot reach the Docker API at tcp://127.0.0.1:1: ")
 
 
+@pytest.fixture
+def stubborn(engine):
+    client, _ = engine
+    name = f"{PREFIX}-stubborn"
+    # Its own StopTimeout (20 s) is longer than the SDK's request time limit for a stop without one
+    # (api_timeout + 10 s).
+    client.api.create_container(IMAGE, command=["sh", "-c", "sleep 3600 & wait"], name=name, stop_timeout=20)
+    client.api.start(name)
+    try:
+        yield client, name
+    finally:
+        client.api.remove_container(name, force=True)
+
+
+def test_stop_gives_the_grace_period_then_kills(stubborn, run_module):
+    client, name = stubborn
+    since = int(time.time()) - 1
+    status, result = power(run_module, name, state="stopped", stop_timeout=2)
+    assert status == "CHANGED", result
+    assert result["container"]["exit_code"] == 137  # it ignored SIGTERM: killed after its grace period
+    # Docker's own record of the stop: SIGTERM, then SIGKILL 2 s later (not its default 10 s)
+    events = client.events(
+        since=since, until=int(time.time()) + 1, decode=True, filters={"container": name, "event": "kill"}
+    )
+    kills = {event["Actor"]["Attributes"]["signal"]: event["timeNano"] / 1e9 for event in events}
+    assert set(kills) == {"15", "9"}, kills
+    assert 1.9 <= kills["9"] - kills["15"] < 3
+
+
+def test_connection_lost_after_the_api_answered_fails_naming_the_api(stubborn, run_module):
+    _, name = stubborn
+    # The stop request outlasts its time limit: the SDK lets the requests timeout through.
+    status, result, output = run_module("docker_container_power", {"name": name, "state": "stopped", "api_timeout": 1})
+    assert status == "FAILED!", result
+    assert result["msg"].startswith(f"lost the connection to the Docker API at {DOCKER_HOST}: ")
+    assert "Traceback" not in output and "module_stderr" not in result
+
+
 def test_discover_marks_known_and_prefills_the_others(engine, run_module):
     client, names = engine
     if status_of(client, names["plain"]) != "running":
@@ -230,7 +271,7 @@ def test_discover_marks_known_and_prefills_the_others(engine, run_module):
         "fleet_nodes": fleet_nodes,
         "filters": {"label": [f"{LABEL}={RUN_ID}"]},
     }
-    status, result, output = run_module("docker_discover", args)
+    status, result, output = run_module("docker_container_info", args)
     assert status == "SUCCESS" and result["changed"] is False
     assert "s3cr3t-wol-pass" not in output
     by_role = {c["labels"]["role"]: c for c in result["containers"]}

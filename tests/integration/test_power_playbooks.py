@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from wakegrid import actuate
+from wakegrid.cli import power as cli_power
 
 DOCKER = "/usr/bin/docker"
 
@@ -236,7 +237,7 @@ def test_a_failing_step_is_named(power_lab, tmp_path):
         result = run(lab, "wake", broken, node="nas")
         assert result.rc != 0
         assert result.progress.failure.startswith("step 1/1: start machine nas via Wake-on-LAN from gw-dijon: ")
-        assert actuate.report(result) == actuate.EXIT_FAILED
+        assert cli_power.report(result) == cli_power.EXIT_FAILED
     finally:
         lab.restore()
 

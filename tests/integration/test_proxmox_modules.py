@@ -1,4 +1,4 @@
-"""wakegrid.fleet.proxmox_guest and proxmox_discover, run by ansible-playbook against the lab's PVE emulator.
+"""wakegrid.fleet.proxmox_guest and proxmox_guest_info, run by ansible-playbook against the lab's PVE emulator.
 
 Real parts only: two emulator nodes (pve1, pve2) on loopback sharing one cluster directory, real busybox
 containers as guests, the modules run by ansible-playbook through a collections path that links this
@@ -27,8 +27,6 @@ from wakegrid.lab import pve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import support  # the helper next to this file, whatever the rootdir or import mode
-
-pytestmark = pytest.mark.lab
 
 TOKEN_ID = "root@pam!wakegrid"
 MAXMEM = 256 << 20
@@ -317,9 +315,9 @@ def moved(lab, power):
         "busy_fail_fast": guest(lab, 302, "started", node="pve2", lock_timeout=0),
         "busy_waited": guest(lab, 302, "started", node="pve2", lock_timeout=40),
         "stale_hint": guest(lab, 301, "started", node="pve2", connection={"api_port": lab.ports["pve2"]}),
-        "discover": {"wakegrid.fleet.proxmox_discover": {**lab.connection(), "fleet_nodes": fleet_nodes(lab)}},
+        "discover": {"wakegrid.fleet.proxmox_guest_info": {**lab.connection(), "fleet_nodes": fleet_nodes(lab)}},
         "discover_password": {
-            "wakegrid.fleet.proxmox_discover": {
+            "wakegrid.fleet.proxmox_guest_info": {
                 **{k: v for k, v in lab.connection().items() if not k.startswith("api_token")},
                 "api_user": "root@pam",
                 "api_password": lab.password,
@@ -327,7 +325,7 @@ def moved(lab, power):
             }
         },
         "discover_vmids": {
-            "wakegrid.fleet.proxmox_discover": {**lab.connection("pve2"), "known_vmids": [201, 101], "node": "pve1"}
+            "wakegrid.fleet.proxmox_guest_info": {**lab.connection("pve2"), "known_vmids": [201, 101], "node": "pve1"}
         },
     }
     results, output = lab.play(list(tasks.values()))

@@ -3,6 +3,8 @@
 Two emulators (pve1, pve2) share one cluster directory, like two nodes sharing /etc/pve. They run
 as loose scripts with ``python -I -S`` (no site-packages), as they will inside lab hosts that only
 have Debian's python3. The tests share that one cluster and run in file order (SIGTERM last).
+
+Each fidelity test names the PVE source it follows (repository and file, read with the search/fetch tools).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from proxmoxer.core import AuthenticationError
 from proxmoxer.tools import Tasks
 
 from wakegrid.lab import pve
+from wakegrid.observe.power import proxmox_guests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import support  # the helper next to this file, whatever the rootdir or import mode
 from support import wait_for
-
-pytestmark = pytest.mark.lab
 
 TOKEN_USER, TOKEN_NAME = "root@pam", "wakegrid"
 
@@ -80,7 +81,8 @@ class Cluster:
             )
 
     def start(self, node: str) -> None:
-        options = ("--migrate-delay", "1.5", "--stop-timeout", "5", "--log-level", "DEBUG")
+        # one status broadcast only, at boot: what /cluster/resources says about status is then known exactly
+        options = ("--migrate-delay", "1.5", "--stop-timeout", "5", "--status-interval", "3600", "--log-level", "DEBUG")
         self.procs[node] = support.start_emulator(self.root, node, self.dir, self.ports[node], *options)
 
     def log(self, node: str) -> str:
@@ -154,7 +156,7 @@ def test_nodes_and_cluster_resources(cluster):
     assert set(resources) == {"lxc/201", "lxc/202", "qemu/101", "lxc/301"}
     ct = resources["lxc/201"]
     assert (ct["type"], ct["vmid"], ct["node"], ct["name"], ct["tags"]) == ("lxc", 201, "pve1", "guest201", "lab;test")
-    assert ct["status"] == "running" and ct["maxmem"] == 256 * 1024 * 1024 and ct["maxcpu"] == 2
+    assert ct["maxmem"] == 256 * 1024 * 1024 and ct["maxcpu"] == 2 and ct["template"] == 0
     assert resources["qemu/101"]["status"] == "stopped"
     assert resources["lxc/301"]["node"] == "pve2" and resources["lxc/301"]["status"] == "running"
 
@@ -167,6 +169,44 @@ def test_nodes_and_cluster_resources(cluster):
 
     startall = [t for t in api.nodes("pve1").tasks.get(source="all") if t["type"] == "startall"]
     assert startall and startall[0]["user"] == "root@pam"
+
+
+def test_cluster_resources_status_is_the_last_broadcast(cluster):
+    """pve-manager PVE/API2/Cluster.pm resources + PVE/API2Tools.pm extract_vm_stats: a guest's status and usage
+    come from pvestatd's broadcast (every 10 s, PVE/Service/pvestatd.pm), for the local node too; where the
+    guest is and its lock are the cluster's configuration, live. Only a guest's own status/current is live.
+    """
+    api = cluster.api()
+    wait_for(lambda: support.container_running(cluster.container(201)))  # onboot started it after the broadcast
+    assert api.nodes("pve1").lxc(201).status.current.get()["status"] == "running"
+    assert {g["vmid"]: g["status"] for g in api.nodes("pve1").lxc.get()}[201] == "running"
+    assert {r["vmid"]: r for r in api.cluster.resources.get(type="vm")}[201]["status"] == "stopped"
+
+
+def test_the_observer_reads_the_live_status_of_the_guests_node(cluster):
+    """wakegrid's observer asks the parent node for its guests, so it is not a broadcast behind."""
+    config = {"api": f"https://127.0.0.1:{cluster.ports['pve1']}", "token_id": f"{TOKEN_USER}!{TOKEN_NAME}"}
+    observed = proxmox_guests({**config, "verify_tls": False, "node": "pve1"}, cluster.secret, 10)
+    assert observed == {201: "running", 202: "stopped", 101: "stopped"}  # 301 is on pve2
+
+
+def test_status_broadcasts_reach_cluster_resources(tmp_path):
+    """The broadcast does come: with a short interval, /cluster/resources catches up with status/current."""
+    image = support.ensure_guest_image()
+    run_id, secret, port = uuid.uuid4().hex[:8], secrets.token_hex(16), support.free_port()
+    name = f"wg-pve-{run_id}-401"
+    state = tmp_path / "etc-pve"
+    pve.init_cluster(state, "fresh", {"pve9": {"ip": "127.0.0.1", "port": port}}, tokens={"root@pam!t": secret})
+    support.create_guest_container(image, name, run_id, False)
+    pve.write_guest(state, 401, type="lxc", node="pve9", name="guest401", container=name)
+    procs = {"pve9": support.start_emulator(tmp_path, "pve9", state, port, "--status-interval", "0.5")}
+    try:
+        api = ProxmoxAPI("127.0.0.1", port=port, user="root@pam", token_name="t", token_value=secret, verify_ssl=False)
+        run_task(api, api.nodes("pve9").lxc(401).status.start.post())
+        assert api.nodes("pve9").lxc(401).status.current.get()["status"] == "running"
+        wait_for(lambda: api.cluster.resources.get(type="vm")[0]["status"] == "running", timeout=5)
+    finally:
+        support.stop_emulators(procs, run_id)
 
 
 def test_password_auth_ticket_and_csrf(cluster):
@@ -216,6 +256,8 @@ def test_lxc_shutdown_start_stop(cluster):
     current = ct.status.current.get()
     assert current["status"] == "running" and current["type"] == "lxc" and current["mem"] >= 0
     assert "lock" not in current and current["ha"] == {"managed": 0}
+    # pve-container src/PVE/LXC.pm vmstatus: a running CT has the pid of its init (an integer)
+    assert isinstance(current["pid"], int) and current["pid"] > 0
 
     upid = ct.status.shutdown.post(timeout=10)
     decoded = Tasks.decode_upid(upid)
@@ -231,6 +273,7 @@ def test_lxc_shutdown_start_stop(cluster):
     status, text = run_task(api, upid)
     assert status["exitstatus"] == "OK" and text.endswith("TASK OK")
     assert not support.container_running(name) and ct.status.current.get()["status"] == "stopped"
+    assert "pid" not in ct.status.current.get()
 
     # PVE refuses at once (no task) what cannot apply
     err = expect_error(lambda: ct.status.stop.post(), 500)
@@ -254,6 +297,7 @@ def test_qemu_start_shutdown_stop(cluster):
     assert status["type"] == "qmstart" and status["exitstatus"] == "OK" and support.container_running(name)
     current = vm.status.current.get()
     assert current["status"] == current["qmpstatus"] == "running" and current["cpus"] == 2
+    assert isinstance(current["pid"], int) and current["pid"] > 0  # qemu-server PVE/QemuServer.pm vmstatus
 
     # qemu-server checks inside the worker: the task fails, the request does not
     status, text = run_task(api, vm.status.start.post())
@@ -330,6 +374,14 @@ def test_restart_migration_moves_the_running_ct(cluster):
     assert resources["lxc/201"]["lock"] == "migrate"
     assert api.nodes("pve1").tasks(upid).status.get()["status"] == "running"
     assert not support.container_running(name)  # restart mode: shut down before the move
+    # pve-manager PVE/API2/Tasks.pm node_tasks: a running task of the active list has status "RUNNING" (upper
+    # case), no endtime, the user as written in its UPID; the status filter sees it as "unknown"
+    active = api.nodes("pve1").tasks.get(source="active", vmid=201)
+    assert [(t["upid"], t["status"], t["user"]) for t in active] == [(upid, "RUNNING", f"{TOKEN_USER}!{TOKEN_NAME}")]
+    assert "endtime" not in active[0]
+    assert api.nodes("pve1").tasks.get(source="active", vmid=201, statusfilter="ok") == []
+    assert [t["upid"] for t in api.nodes("pve1").tasks.get(source="active", vmid=201, errors=1)] == [upid]
+    assert upid not in [t["upid"] for t in api.nodes("pve1").tasks.get(vmid=201)]  # source=archive: finished only
     status, text = run_task(api, upid)
     assert status["exitstatus"] == "OK", text
     for expected in (
@@ -350,6 +402,72 @@ def test_restart_migration_moves_the_running_ct(cluster):
     assert pve.ClusterState(cluster.dir).guest(201)["rootfs"] == "local-zfs:vm-201-disk-0"
 
 
+# --------------------------------------------------------------------------- task lists and task ids
+
+
+def task_list(cluster, node: str = "pve1", **params) -> dict:
+    """The whole answer of GET /nodes/{node}/tasks: proxmoxer keeps only ``data``, not ``total``."""
+    url = cluster.url(node, f"/nodes/{node}/tasks")
+    headers = {"Authorization": f"PVEAPIToken={TOKEN_USER}!{TOKEN_NAME}={cluster.secret}"}
+    resp = requests.get(url, params=params, headers=headers, verify=False, timeout=10)
+    assert resp.status_code in (200, 400), resp.reason
+    return {"status": resp.status_code, **resp.json()}
+
+
+def test_task_list_filters(cluster):
+    """pve-manager PVE/API2/Tasks.pm node_tasks: finished tasks carry their exit status as ``status`` and an
+    ``endtime``, the token split off into ``tokenid``; filters combine; ``total`` counts every match before
+    start/limit; statusfilter takes ok/warning/error/unknown (pve-common src/PVE/UPID.pm normalize_status_type).
+    """
+    api = cluster.api()
+    finished = api.nodes("pve1").tasks.get(limit=1000)
+    assert finished and all(t["status"] != "RUNNING" and t["endtime"] >= t["starttime"] for t in finished)
+    assert [t["endtime"] for t in finished] == sorted((t["endtime"] for t in finished), reverse=True)
+    mine = [t for t in finished if t.get("tokenid") == TOKEN_NAME]
+    assert mine and all(t["user"] == TOKEN_USER for t in mine)
+
+    errors = {t["type"]: t["status"] for t in api.nodes("pve1").tasks.get(statusfilter="error", limit=1000)}
+    assert errors["qmstart"] == "VM 101 already running" and errors["vzmigrate"] == "migration aborted"
+    assert all(t["status"] == "OK" for t in api.nodes("pve1").tasks.get(statusfilter="ok", limit=1000))
+    assert {t["status"] for t in api.nodes("pve1").tasks.get(errors=1, limit=1000)} >= set(errors.values())
+    assert "OK" not in {t["status"] for t in api.nodes("pve1").tasks.get(errors=1, limit=1000)}
+
+    shutdowns = api.nodes("pve1").tasks.get(typefilter="vzshutdown", vmid=201)
+    assert shutdowns and {(t["type"], t["id"]) for t in shutdowns} == {("vzshutdown", "201")}
+    first = min(t["starttime"] for t in finished)
+    assert len(api.nodes("pve1").tasks.get(since=first, limit=1000)) == len(finished)
+    assert api.nodes("pve1").tasks.get(until=first - 1) == []
+    assert api.nodes("pve1").tasks.get(userfilter="ROOT@PAM", limit=1000)  # a case-insensitive substring
+    assert api.nodes("pve1").tasks.get(userfilter="nobody@pve") == []
+
+    page = task_list(cluster, start=1, limit=2)
+    assert page["total"] == len(finished) and [t["upid"] for t in page["data"]] == [t["upid"] for t in finished[1:3]]
+    assert task_list(cluster, limit=0) == {"status": 200, "data": [], "total": len(finished)}
+
+    bad = task_list(cluster, statusfilter="ok,fine")
+    assert bad["status"] == 400 and bad["errors"] == {"statusfilter": "invalid format - invalid status 'fine'\n"}
+    assert task_list(cluster, vmid=5)["errors"] == {"vmid": "value must have a minimum value of 100"}
+
+
+def test_unknown_or_malformed_upid(cluster):
+    """pve-manager PVE/API2/Tasks.pm: read_task_status raises a parameter error for an UPID that
+    PVE::UPID::decode cannot parse and for one without a task file ("no such task"); read_task_log does not
+    check, and PVE::Tools::dump_logfile (pve-common src/PVE/Tools.pm) answers its open error as the one line.
+    """
+    api = cluster.api()
+    unknown = "UPID:pve1:0000ABCD:00001234:6740A1B2:vzstart:201:root@pam:"
+    err = expect_error(lambda: api.nodes("pve1").tasks(unknown).status.get(), 400)
+    assert err.content == "Parameter verification failed." and err.errors == {"upid": "no such task"}
+    err = expect_error(lambda: api.nodes("pve1").tasks("UPID:nonsense").status.get(), 400)
+    assert err.errors == {"upid": "unable to parse worker upid"}
+    assert api.nodes("pve1").tasks(unknown).log.get() == [
+        {"n": 1, "t": "unable to open file - No such file or directory"}
+    ]
+    # each node keeps its own task files: pve2 does not know a task of pve1
+    upid = api.nodes("pve1").tasks.get(limit=1)[0]["upid"]
+    assert expect_error(lambda: api.nodes("pve2").tasks(upid).status.get(), 400).errors == {"upid": "no such task"}
+
+
 # --------------------------------------------------------------------------- node poweroff
 
 
@@ -366,7 +484,9 @@ def test_sigterm_stops_the_node_guests(cluster):
 
     nodes = {n["node"]: n["status"] for n in api.nodes.get()}
     assert nodes == {"pve1": "online", "pve2": "offline"}
+    # pmxcfs keeps a node's last broadcast for 5 minutes (pve-cluster src/pmxcfs/status.c rrd_entry_is_old):
+    # the guests of a powered-off node still look running in /cluster/resources
     resources = {r["id"]: r for r in api.cluster.resources.get(type="vm")}
-    assert resources["lxc/301"]["status"] == "unknown"
+    assert resources["lxc/301"]["status"] == "running" and resources["lxc/301"]["node"] == "pve2"
     # pveproxy cannot forward to a powered-off node
     assert expect_error(lambda: api.nodes("pve2").lxc.get(), 595).status_code == 595

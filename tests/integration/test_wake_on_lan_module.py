@@ -42,13 +42,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The sleeping machine. Prints "ready" once its UDP socket is bound; writes one JSON line per
-# datagram to the record file. Its network card wakes the machine only on a magic packet
-# carrying its MAC (and password, if it has one), as a real NIC does.
+# datagram to the record file, with the kernel's receive time ("ts", wall clock). Its network card
+# wakes the machine only on a magic packet carrying its MAC (and password, if it has one), as a
+# real NIC does, but misses the first `missed` of them. The time of the first TCP connection it
+# accepts goes to <record>.answered.
 MACHINE_PROGRAM = textwrap.dedent(
     """
-    import json, socket, subprocess, sys, threading, time
+    import json, socket, struct, subprocess, sys, threading, time
 
-    record, mac, password, wake_after, mode, target = sys.argv[1:7]
+    record, mac, password, wake_after, mode, target, missed = sys.argv[1:8]
+    missed = int(missed)
     expected = b"\\xff" * 6 + bytes.fromhex(mac) * 16 + bytes.fromhex(password)
 
     def serve(host, port):
@@ -56,8 +59,13 @@ MACHINE_PROGRAM = textwrap.dedent(
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, int(port)))
         listener.listen(16)
+        first = True
         while True:
             listener.accept()[0].close()
+            if first:
+                with open(record + ".answered", "w") as out:
+                    out.write(repr(time.time()))
+                first = False
 
     def wake():
         if mode == "tcp":
@@ -69,15 +77,22 @@ MACHINE_PROGRAM = textwrap.dedent(
     if wake_after == "now":
         wake()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python names it on few builds
+    udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     udp.bind(("0.0.0.0", 9))
     print("ready", flush=True)
     awake = wake_after == "now"
     with open(record, "a") as out:
         while True:
-            data, source = udp.recvfrom(4096)
-            out.write(json.dumps({"hex": data.hex(), "source": source[0], "at": time.monotonic()}) + "\\n")
+            data, ancillary, _, source = udp.recvmsg(4096, 64)
+            stamp = [struct.unpack("qq", d[:16]) for level, kind, d in ancillary if kind == SO_TIMESTAMPNS]
+            ts = stamp[0][0] + stamp[0][1] / 1e9 if stamp else time.time()
+            out.write(json.dumps({"hex": data.hex(), "source": source[0], "ts": ts}) + "\\n")
             out.flush()
             if data == expected and not awake:
+                if missed > 0:
+                    missed -= 1
+                    continue
                 awake = True
                 threading.Timer(float(wake_after), wake).start()
     """
@@ -129,17 +144,24 @@ class Machine:
             return []
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
+    def answered_at(self) -> float | None:
+        """Wall-clock time of the first TCP connection the machine accepted."""
+        answered = self.record.with_name(self.record.name + ".answered")
+        return float(answered.read_text()) if answered.exists() else None
+
 
 @pytest.fixture
 def start_machine(lan, tmp_path):
     started: list[subprocess.Popen] = []
 
-    def start(password: str = "", wake_after: str = "0", mode: str = "tcp", target: str = "") -> Machine:
+    def start(
+        password: str = "", wake_after: str = "0", mode: str = "tcp", target: str = "", missed: int = 0
+    ) -> Machine:
         record = tmp_path / f"received-{len(started)}.jsonl"
         proc = subprocess.Popen(
             [
                 *("ip", "netns", "exec", NS_MACHINE, sys.executable, "-I", "-c", MACHINE_PROGRAM),
-                *(str(record), MAC_BYTES.hex(), password, wake_after, mode, target),
+                *(str(record), MAC_BYTES.hex(), password, wake_after, mode, target, str(missed)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -219,6 +241,45 @@ def test_wakes_a_sleeping_machine_and_waits_until_it_answers(collections, tmp_pa
     assert result["changed"] is False and result["sent"] is False and result["already_awake"] is True
     assert result["elapsed"] is None
     assert len(machine.packets()) == 1
+
+
+def test_packet_resent_while_waiting_wakes_a_nic_that_missed_the_first(collections, tmp_path, start_machine):
+    machine = start_machine(wake_after="0.5", mode="tcp", target=f"{MACHINE_IP}:{SSH_PORT}", missed=1)
+    args = {
+        "mac": MAC,
+        "broadcast": LAN_BROADCAST,
+        "wait_for": {"host": MACHINE_IP, "port": SSH_PORT, "connect_timeout": 0.5},
+        "timeout": 10,
+        "sleep": 0.1,
+        "resend_interval": 0.3,
+        "resend_count": 20,
+    }
+    status, result, _ = run_module(collections, tmp_path, args)
+    assert status == "CHANGED", result
+    packets = machine.packets()
+    assert [p["hex"] for p in packets] == [expected_packet()] * len(packets)
+    assert result["packets_sent"] == len(packets) >= 2  # the first was missed; a resend woke it
+    answered = machine.answered_at()
+    assert answered is not None
+    assert all(p["ts"] < answered for p in packets)  # nothing re-sent once the machine answered
+    assert result["packets_sent"] < 20  # it stopped at the answer, not at the count
+
+
+def test_resends_stop_at_the_count(collections, tmp_path, start_machine):
+    machine = start_machine(wake_after="0", mode="none")  # receives the packets, never answers
+    args = {
+        "mac": MAC,
+        "broadcast": LAN_BROADCAST,
+        "wait_for": {"host": MACHINE_IP, "port": SSH_PORT, "connect_timeout": 0.2},
+        "timeout": 2,
+        "sleep": 0.1,
+        "resend_interval": 0.3,
+        "resend_count": 2,
+    }
+    status, result, _ = run_module(collections, tmp_path, args)
+    assert status == "FAILED!"
+    assert result["packets_sent"] == 3 == len(machine.packets())
+    assert result["msg"].startswith(f"sent 3 magic packets to {MAC}, but ")
 
 
 def test_machine_already_up_gets_no_packet_even_in_check_mode(collections, tmp_path, start_machine):

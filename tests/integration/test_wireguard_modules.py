@@ -366,6 +366,33 @@ def test_preshared_key_works_and_never_shows(lab):
     lab.assert_no_secret_in_outputs(psk)
 
 
+def test_wg_quick_up_from_the_persisted_file_handshakes_at_once(lab):
+    """What a boot or `systemctl restart wg-quick@…` does with the file the modules wrote.
+
+    wg-quick raises the link before its PostUp sets the key: without the handshake PostUp the
+    spoke's first initiation fails for want of a key and WireGuard holds the next one back for its
+    5 s rekey timeout (measured here: 4.9-5.2 s); with it the handshake takes a round trip.
+    """
+    spoke, iface = "b", lab.iface["b"]
+    sh("ip", "-n", lab.ns[spoke], "link", "delete", "dev", iface)
+    # wireguard-go exits once its tun device is gone; its control socket goes with it
+    support.wait_for(
+        lambda: not Path(f"/var/run/wireguard/{iface}.sock").exists(), 10, what="the old wireguard-go to exit"
+    )
+    sh("ip", "netns", "exec", lab.ns[spoke], "wg-quick", "up", str(lab.conf(spoke)))
+    support.wait_for(
+        lambda: lab.dump(spoke)[lab.public_keys["a"]][4] != "0",
+        2.5,
+        what="a handshake with the hub after wg-quick up (WireGuard's 5 s hold-back is what it must not wait)",
+    )
+    assert lab.ping(spoke, TUNNEL_IP["a"], attempts=2)
+    # the keepalive was turned off and on: it is back at what the file says
+    assert lab.dump(spoke)[lab.public_keys["a"]][7] == "25"
+    # and the modules see the interface wg-quick made as theirs: nothing to change
+    again = lab.ansible(spoke, "wireguard_interface", lab.interface_args(spoke))
+    assert not again.changed, again.result["actions"]
+
+
 def test_remove_peer_leaves_the_others(lab):
     run = lab.ansible(
         "a",
@@ -384,6 +411,24 @@ def test_remove_peer_leaves_the_others(lab):
         "wireguard_peer",
         {"interface": lab.iface["a"], "name": "node-c", "state": "absent", "config_dir": str(lab.config_dir("a"))},
     ).changed
+
+
+def test_a_removed_peer_can_no_longer_handshake(lab):
+    # The hub no longer lists node-c among its managed peers (the hand-written one never is)...
+    hub = lab.ansible("a", "wireguard_interface", lab.interface_args("a"))
+    assert [p["name"] for p in hub.result["managed_peers"]] == ["node-b"]
+    assert hub.result["managed_peers"][0]["public_key"] == lab.public_keys["b"]
+    assert hub.result["managed_peers"][0]["allowed_ips"] == [f"{TUNNEL_IP['b']}/32"]
+    # ...and c, re-created with the same key and its hub peer, cannot open a session any more,
+    # while b, re-created the same way, does at once.
+    for node in ("c", "b"):
+        lab.ansible(node, "wireguard_interface", lab.interface_args(node, state="absent"))
+        assert lab.ansible(node, "wireguard_interface", lab.interface_args(node)).result["public_key"] == (
+            lab.public_keys[node]
+        )
+    support.wait_for(lambda: lab.dump("b")[lab.public_keys["a"]][4] != "0", 5, what="b's handshake with the hub")
+    assert not lab.ping("c", TUNNEL_IP["a"], attempts=3)
+    assert lab.dump("c")[lab.public_keys["a"]][4] == "0", "the hub accepted a handshake from a removed peer"
 
 
 def test_interface_absent_removes_link_and_optionally_config(lab):

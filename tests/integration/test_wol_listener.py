@@ -39,8 +39,6 @@ docker = pytest.importorskip("docker")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import support  # noqa: E402  the helper next to this file, whatever the rootdir or import mode
 
-pytestmark = pytest.mark.lab
-
 LAB_DIR = support.LAB_DIR
 LABEL = "wakegrid.test"
 RUN_ID = f"wol-{uuid.uuid4().hex[:8]}"

@@ -4,22 +4,32 @@
 - ansible-runner events → live progress and timings (:class:`wakegrid.actuate.Progress`);
 - which nodes are observed and how a parent's state decides its children's
   (:mod:`wakegrid.observe.power`, with fake probes);
-- the ``wake`` / ``shutdown`` / ``discover`` command line.
+- the ``wake`` / ``shutdown`` / ``discover`` command line (:mod:`wakegrid.cli.power`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from wakegrid import actuate
+from wakegrid.cli import power as cli_power
 from wakegrid.graph import start_plan, stop_plan
 from wakegrid.model import Fleet, load_fleet, parse_fleet
-from wakegrid.observe.power import PowerState, ProbeError, Probes, nodes_to_observe, observe_power, up_nodes
+from wakegrid.observe.power import (
+    PowerState,
+    ProbeError,
+    Probes,
+    nodes_to_observe,
+    observe_power,
+    unknown_nodes,
+    up_nodes,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_FLEET = REPO / "inventories" / "lab" / "lab.fleet.yml"
@@ -96,11 +106,16 @@ def test_shutdown_plan_steps_go_bottom_up_with_stop_options(fleet):
     assert sandbox["args"] == {
         "docker_host": "tcp://10.231.1.21:2375",
         "tls": False,
+        "validate_certs": False,
+        "ca_path": None,
+        "client_cert": None,
         "name": "sandbox",
         "state": "stopped",
-        "timeout": 180,
+        "timeout": 30,
+        "api_wait_timeout": 0,
+        "stop_timeout": 30,
     }
-    assert sandbox["ready"]["url"] == "http://10.231.1.21:2375/_ping"
+    assert sandbox["delegate_to"] == "localhost" and sandbox["ready"] is None
     assert vm["args"]["state"] == "shutdown" and vm["args"]["force_stop"] is True
     assert machine["module"] == "community.general.shutdown"
     assert machine["delegate_to"] == "pve1"
@@ -140,28 +155,19 @@ def test_per_node_timeouts_bound_each_step(fleet):
 
 def test_plan_lines_show_observation_steps_and_blocks(fleet):
     states = {
-        "gw-dijon": PowerState("gw-dijon", False, "no answer on 10.231.1.2:22 within 1s"),
-        "nas": PowerState("nas", False, "no answer"),
+        "gw-dijon": PowerState("gw-dijon", "down", "no answer on 10.231.1.2:22 within 1s"),
+        "nas": PowerState("nas", "unknown", "10.231.1.10:22 refuses connections"),
     }
-    plan = start_plan(fleet, "nas", up_nodes(states))
-    lines = actuate.plan_data(fleet, plan, states)["lines"]
+    plan = start_plan(fleet, "nas", up_nodes(states), unknown=unknown_nodes(states))
+    data = actuate.plan_data(fleet, plan, states)
+    lines = data["lines"]
     assert lines[0] == "plan: start nas: 0 steps"
     assert "observed up: none" in lines
+    assert "observed down: gw-dijon (no answer on 10.231.1.2:22 within 1s)" in lines
+    assert "observed unknown: nas (10.231.1.10:22 refuses connections)" in lines
+    assert data["observed"]["nas"] == {"power": "unknown", "detail": "10.231.1.10:22 refuses connections"}
+    assert data["unknown"] == {"nas": "10.231.1.10:22 refuses connections"}
     assert any(line.startswith("blocked: cannot start nas: its site gateway gw-dijon is down") for line in lines)
-
-
-@pytest.mark.parametrize(
-    ("api", "tls", "url"),
-    [
-        ("tcp://10.0.0.5:2375", False, "http://10.0.0.5:2375/_ping"),
-        ("tcp://10.0.0.5", True, "https://10.0.0.5:2376/_ping"),
-        ("https://docker.example:8443", True, "https://docker.example:8443/_ping"),
-        ("unix:///var/run/docker.sock", False, None),
-        ("ssh://root@host", False, None),
-    ],
-)
-def test_docker_ping_url(api, tls, url):
-    assert actuate.docker_ping_url(api, tls) == url
 
 
 # --------------------------------------------------------------------------- runner events → progress
@@ -237,11 +243,11 @@ def test_progress_keeps_the_failure_that_names_the_step():
 
 def test_report_exit_codes(capsys):
     blocked = actuate.Progress(plan={"blocked": ["nas is still needed by jellyfin"], "kept": [], "proposed": []})
-    assert actuate.report(actuate.RunResult(2, "failed", blocked, {}, 1.0)) == actuate.EXIT_BLOCKED
+    assert cli_power.report(actuate.RunResult(2, "failed", blocked, {}, 1.0)) == cli_power.EXIT_BLOCKED
     failed = actuate.Progress(plan={"blocked": []}, failure="step 1/1: start machine nas via …: timeout")
-    assert actuate.report(actuate.RunResult(2, "failed", failed, {}, 1.0)) == actuate.EXIT_FAILED
+    assert cli_power.report(actuate.RunResult(2, "failed", failed, {}, 1.0)) == cli_power.EXIT_FAILED
     proposed = actuate.Progress(plan={"blocked": [], "kept": [], "proposed": [{"node": "nas", "reason": "r"}]})
-    assert actuate.report(actuate.RunResult(0, "successful", proposed, {}, 1.0)) == actuate.EXIT_OK
+    assert cli_power.report(actuate.RunResult(0, "successful", proposed, {}, 1.0)) == cli_power.EXIT_OK
     out, err = capsys.readouterr()
     assert "nas is still needed by jellyfin" in err
     assert "step 1/1: start machine nas via …: timeout" in err
@@ -273,7 +279,7 @@ class FakeProbes:
 
     def tcp(self, host, port, timeout):
         self.calls.append(f"tcp {host}:{port}")
-        return host in self.machines_up, "probed"
+        return ("up" if host in self.machines_up else "down"), "probed"
 
     def proxmox(self, config, secret, timeout):
         self.calls.append(f"proxmox {config['api']}")
@@ -282,8 +288,8 @@ class FakeProbes:
             raise ProbeError(f"Proxmox API {config['api']} did not answer: refused")
         return self.guests
 
-    def docker(self, api, tls, timeout):
-        self.calls.append(f"docker {api}")
+    def docker(self, api, timeout):
+        self.calls.append(f"docker {api.api}")
         return self.containers
 
 
@@ -299,8 +305,8 @@ def test_observation_goes_top_down_and_a_down_parent_takes_its_children(fleet):
     fake = FakeProbes(machines_up={"10.231.1.2"})  # pve1 does not answer
     states = observe_power(fleet, ["jellyfin", "sandbox"], proxmox_secret=lambda m: "token", probes=fake.probes())
     assert list(states) == ["pve1", "vm-docker", "jellyfin", "sandbox"]  # the hosts too, in file order
-    assert states["jellyfin"] == PowerState("jellyfin", False, "its host pve1 is down")
-    assert states["sandbox"] == PowerState("sandbox", False, "its host vm-docker is down")
+    assert states["jellyfin"] == PowerState("jellyfin", "down", "its host pve1 is down")
+    assert states["sandbox"] == PowerState("sandbox", "down", "its host vm-docker is down")
     assert not any(call.startswith(("proxmox", "docker")) for call in fake.calls)  # nothing asked of a down host
 
 
@@ -320,20 +326,7 @@ def test_observation_asks_each_api_once(fleet):
     assert fake.calls.count("docker tcp://10.231.1.21:2375") == 1
 
 
-def test_an_api_that_does_not_answer_counts_its_guests_down(fleet):
-    fake = FakeProbes(machines_up={"10.231.1.20"}, broken_api={"https://10.231.1.20:8006"})
-    states = observe_power(fleet, ["jellyfin"], proxmox_secret=lambda m: "token", probes=fake.probes())
-    assert states["pve1"].up and not states["jellyfin"].up
-    assert states["jellyfin"].detail.startswith("unknown, counted as down: Proxmox API")
-
-
-def test_an_unreadable_secret_is_reported_without_its_value(fleet):
-    def secret(machine):
-        raise ValueError("cannot read secret file /nowhere/pve-token")
-
-    fake = FakeProbes(machines_up={"10.231.1.20"})
-    states = observe_power(fleet, ["jellyfin"], proxmox_secret=secret, probes=fake.probes())
-    assert "cannot read the Proxmox token secret of pve1" in states["jellyfin"].detail
+# Unknown power (an API that does not answer, a token that cannot be read): tests/unit/test_observe_power.py
 
 
 # --------------------------------------------------------------------------- command line
@@ -341,7 +334,7 @@ def test_an_unreadable_secret_is_reported_without_its_value(fleet):
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    actuate.add_power_commands(parser.add_subparsers(dest="command", required=True))
+    cli_power.add_power_commands(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(list(argv))
 
 
@@ -358,16 +351,16 @@ def test_command_line_parses_wake_shutdown_and_discover(monkeypatch):
 
 
 def test_command_line_needs_a_fleet(monkeypatch, capsys):
-    monkeypatch.delenv(actuate.FLEET_ENV, raising=False)
+    monkeypatch.delenv(cli_power.FLEET_ENV, raising=False)
     args = _parse("wake", "jellyfin")
-    assert args.handler(args) == actuate.EXIT_USAGE
+    assert args.handler(args) == cli_power.EXIT_USAGE
     assert "give --fleet FILE or set WAKEGRID_FLEET" in capsys.readouterr().err
 
 
 def test_command_line_rejects_unknown_nodes_before_running_anything(capsys, monkeypatch):
-    monkeypatch.setattr(actuate, "run_playbook", lambda *a, **k: pytest.fail("must not run"))
+    monkeypatch.setattr(cli_power, "run_playbook", lambda *a, **k: pytest.fail("must not run"))
     args = _parse("shutdown", "pve1", "--fleet", str(LAB_FLEET), "--confirm", "nope")
-    assert args.handler(args) == actuate.EXIT_USAGE
+    assert args.handler(args) == cli_power.EXIT_USAGE
     assert "unknown node 'nope'" in capsys.readouterr().err
 
 
@@ -378,11 +371,99 @@ def test_command_line_hands_the_request_to_the_playbook(monkeypatch):
         seen.update(name=name, extravars=extravars, check=check)
         return actuate.RunResult(0, "successful", actuate.Progress(plan={"blocked": []}), {}, 0.1)
 
-    monkeypatch.setattr(actuate, "run_playbook", fake_run)
+    monkeypatch.setattr(cli_power, "run_playbook", fake_run)
     args = _parse("shutdown", "pve1", "--fleet", str(LAB_FLEET), "--confirm", "nas", "--include-dependants")
-    assert args.handler(args) == actuate.EXIT_OK
+    assert args.handler(args) == cli_power.EXIT_OK
     assert seen == {
         "name": "shutdown",
-        "extravars": {"node": "pve1", "confirm": ["nas"], "include_dependants": True},
+        "extravars": {"node": "pve1", "confirm": ["nas"], "include_dependants": True, "force_infrastructure": False},
         "check": False,
     }
+
+
+def test_command_line_shutdown_can_force_infrastructure(monkeypatch):
+    seen = {}
+
+    def fake_run(name, fleet_path, extravars, *, check, on_line):
+        seen.update(extravars)
+        return actuate.RunResult(0, "successful", actuate.Progress(plan={"blocked": []}), {}, 0.1)
+
+    monkeypatch.setattr(cli_power, "run_playbook", fake_run)
+    args = _parse("shutdown", "gw-dijon", "--fleet", str(LAB_FLEET), "--force-infrastructure")
+    assert args.handler(args) == cli_power.EXIT_OK
+    assert seen["force_infrastructure"] is True
+
+
+def test_a_refused_infrastructure_shutdown_says_how_to_force_it(fleet, capsys):
+    plan = stop_plan(fleet, "gw-dijon", EVERYTHING)
+    data = actuate.plan_data(fleet, plan)
+    assert data["overrides"] == ["force_infrastructure"]
+    assert data["lines"][1].startswith(
+        "blocked: gw-dijon is the gateway of site dijon: its Wake-on-LAN (nas, pve1, pve2)"
+    )
+    assert data["lines"][2].startswith("(-e force_infrastructure=true stops infrastructure anyway")
+    result = actuate.RunResult(2, "failed", actuate.Progress(plan=data), {}, 1.0)
+    assert cli_power.report(result) == cli_power.EXIT_BLOCKED
+    assert "(--force-infrastructure stops infrastructure anyway" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- power_plan through Ansible, on loopback
+
+LOOPBACK_FLEET = """
+plugin: wakegrid.fleet.fleet
+edge: {{host: vps, domain: example.net, wireguard: {{address: 10.200.0.1/24, endpoint: "vps:51820"}}}}
+sites: {{home: {{gateway: gw, wireguard: {{address: 10.200.1.1/24}}}}}}
+nodes:
+  gw: {{kind: machine, site: home, address: 127.0.0.1, ssh: {{port: {gw}}}}}
+  nas: {{kind: machine, site: home, address: 127.0.0.2, mac: "52:54:00:00:00:0a", ssh: {{port: {nas}}}}}
+  app: {{kind: machine, site: home, address: 127.0.0.3, mac: "52:54:00:00:00:0b", ssh: {{port: {app}}}}}
+dependencies:
+  app: [nas]
+"""
+
+
+@pytest.fixture(scope="module")
+def loopback_fleet(tmp_path_factory):
+    """gw and nas answer on a real loopback "SSH" port; app's port refuses (booting: unknown)."""
+    sockets = {name: socket.socket() for name in ("gw", "nas", "app")}
+    for number, (name, sock) in enumerate(sockets.items(), 1):
+        sock.bind((f"127.0.0.{number}", 0))
+        if name != "app":  # app's port is bound, never listening: connections are refused
+            sock.listen(16)
+    path = tmp_path_factory.mktemp("loopback") / "loopback.fleet.yml"
+    path.write_text(LOOPBACK_FLEET.format(**{name: sock.getsockname()[1] for name, sock in sockets.items()}))
+    yield path
+    for sock in sockets.values():
+        sock.close()
+
+
+def test_playbook_refuses_to_stop_a_gateway_unless_forced(loopback_fleet):
+    refused = actuate.run_playbook("shutdown", loopback_fleet, {"node": "gw"}, check=True)
+    assert refused.rc != 0 and refused.blocked
+    assert refused.progress.plan["blocked"] == [
+        "gw is the gateway of site home: its Wake-on-LAN (nas, app) and its WireGuard tunnel would become unreachable"
+    ]
+    assert "force_infrastructure=true stops infrastructure anyway" in refused.progress.failure
+    forced = actuate.run_playbook("shutdown", loopback_fleet, {"node": "gw", "force_infrastructure": True}, check=True)
+    assert forced.rc == 0, forced.progress.failure
+    assert [step["node"] for step in forced.progress.plan["steps"]] == ["gw"]
+
+
+def test_playbook_never_stops_what_an_unknown_node_may_need(loopback_fleet):
+    result = actuate.run_playbook("shutdown", loopback_fleet, {"node": "nas", "confirm": ["nas"]}, check=True)
+    assert result.rc != 0 and result.blocked
+    plan = result.progress.plan
+    assert plan["observed"]["app"]["power"] == "unknown"
+    assert plan["unknown"] == {"app": plan["observed"]["app"]["detail"]}
+    (reason,) = plan["blocked"]
+    assert reason.startswith("nas may still be needed by app: power unknown (127.0.0.3:")
+    assert reason.endswith("refuses connections (booting or shutting down))")
+    assert any(line.startswith("observed unknown: app (") for line in plan["lines"])
+
+
+def test_playbook_wakes_an_unknown_machine_only_saying_it_is_harmless(loopback_fleet):
+    result = actuate.run_playbook("wake", loopback_fleet, {"node": "app"}, check=True)
+    assert result.rc == 0, result.progress.failure
+    (step,) = result.progress.plan["steps"]
+    assert (step["node"], step["channel"]["kind"]) == ("app", "wake_on_lan")
+    assert step["reason"].endswith("starting is harmless if it is already up")

@@ -181,7 +181,7 @@ def test_stop_including_dependants_stops_the_dependant_first(example_fleet, all_
         ("stop", "sandbox", "docker", "vm-docker"),
         ("stop", "jellyfin", "proxmox", "pve1"),
     ]
-    assert plan.steps[0].reason == "dependant of jellyfin"
+    assert plan.steps[0].reason == "depends on jellyfin, which is stopping"
     assert [n.node for n in plan.proposed] == ["nas"]
 
 
@@ -312,3 +312,171 @@ def test_confirming_reaches_only_behind_the_requested_cascade(example_data, buil
     up = set(fleet.nodes) - {"sandbox"}
     plan = stop_plan(fleet, "api", up, confirmed=["jellyfin"])
     assert [s.node for s in plan.steps] == ["api", "vm-docker"]
+
+
+# --------------------------------------------------------------------------- why each node stops
+
+
+def test_a_dependant_pulled_into_the_shutdown_says_what_it_depends_on(example_fleet, all_up):
+    # stop nas, stopping its dependants first: jellyfin needs nas, sandbox needs jellyfin.
+    # Neither host (pve1, vm-docker) stops: "stopped with its host" would be wrong.
+    plan = stop_plan(example_fleet, "nas", all_up, include_dependants=True, confirmed=["nas"])
+    assert [(s.node, s.reason) for s in plan.steps] == [
+        ("sandbox", "depends on jellyfin, which is stopping"),
+        ("jellyfin", "depends on nas, which is stopping"),
+        ("nas", "requested"),
+    ]
+
+
+def test_what_a_dependant_hosts_stops_with_it_and_says_so(example_data, build_fleet):
+    example_data["dependencies"]["vm-docker"] = ["nas"]
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "nas", set(fleet.nodes), include_dependants=True)
+    reasons = {s.node: s.reason for s in plan.steps}
+    assert reasons["vm-docker"] == "depends on nas, which is stopping"
+    assert reasons["api"] == "hosted on vm-docker"
+    assert reasons["sandbox"] == "hosted on vm-docker"
+    assert reasons["jellyfin"] == "depends on nas, which is stopping"
+
+
+def test_a_hosted_node_names_its_host_only_when_the_host_stops(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "jellyfin", all_up, include_dependants=True)
+    for step in plan.steps:
+        if step.reason.startswith("hosted on "):
+            host = step.reason.removeprefix("hosted on ")
+            assert host == example_fleet.nodes[step.node].parent
+            assert host in [s.node for s in plan.steps]
+
+
+# --------------------------------------------------------------------------- unknown is not down
+
+PVE1_API_DOWN = "Proxmox API https://192.168.1.3:8006 did not answer: timed out"
+
+
+def test_stop_is_blocked_while_a_dependant_is_unknown(example_fleet, all_up):
+    guests = {"vm-docker", "vm-ubuntu", "jellyfin", "sandbox", "api"}
+    unknown = {name: PVE1_API_DOWN for name in guests}
+    plan = stop_plan(example_fleet, "nas", all_up - guests, unknown=unknown, confirmed=["nas"])
+    assert plan.steps == ()
+    assert plan.blocked == (f"nas may still be needed by jellyfin: power unknown ({PVE1_API_DOWN})",)
+
+
+def test_stop_is_blocked_while_something_it_would_take_down_is_unknown(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pve1", all_up - {"jellyfin"}, unknown={"jellyfin": PVE1_API_DOWN})
+    assert plan.steps == ()
+    assert plan.blocked == (f"jellyfin: power unknown ({PVE1_API_DOWN}); this shutdown would take it down",)
+
+
+def test_including_dependants_never_stops_an_unknown_one(example_fleet, all_up):
+    plan = stop_plan(
+        example_fleet,
+        "jellyfin",
+        all_up - {"sandbox"},
+        unknown={"sandbox": "Docker API refused"},
+        include_dependants=True,
+    )
+    assert plan.steps == ()
+    assert any(reason.startswith("sandbox: power unknown (Docker API refused)") for reason in plan.blocked)
+
+
+def test_an_unknown_dependency_is_left_as_it_is_and_the_plan_says_so(example_data, build_fleet):
+    example_data["nodes"]["nas"]["confirm_shutdown"] = False
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "jellyfin", set(fleet.nodes) - {"sandbox", "nas"}, unknown={"nas": "no address to probe"})
+    assert [s.node for s in plan.steps] == ["jellyfin"]
+    assert plan.kept == (Note("nas", "power unknown (no address to probe): not stopped"),)
+
+
+def test_a_dependency_is_kept_while_another_dependant_is_unknown(example_data, build_fleet):
+    example_data["nodes"]["nas"]["confirm_shutdown"] = False
+    example_data["dependencies"]["homeassistant"] = ["nas"]
+    fleet = build_fleet(example_data)
+    unknown = {"homeassistant": "Proxmox API of pve2 did not answer"}
+    plan = stop_plan(fleet, "jellyfin", set(fleet.nodes) - {"sandbox", "homeassistant"}, unknown=unknown)
+    assert [s.node for s in plan.steps] == ["jellyfin"]
+    assert plan.kept == (
+        Note(
+            "nas",
+            "may still be needed by homeassistant: power unknown (Proxmox API of pve2 did not answer)",
+            ("homeassistant",),
+        ),
+    )
+
+
+def test_start_treats_an_unknown_guest_as_to_be_started_and_says_why(example_fleet):
+    up = GATEWAYS | {"nas", "pve1"}
+    plan = start_plan(example_fleet, "jellyfin", up, unknown={"jellyfin": PVE1_API_DOWN})
+    assert plan.runnable
+    assert steps_of(plan) == [("start", "jellyfin", "proxmox", "pve1")]
+    assert plan.steps[0].reason == (
+        f"requested; power unknown ({PVE1_API_DOWN}): starting is harmless if it is already up"
+    )
+
+
+def test_start_sends_a_magic_packet_to_an_unknown_machine(example_fleet):
+    plan = start_plan(example_fleet, "nas", GATEWAYS, unknown={"nas": "192.168.1.10:22 refuses connections"})
+    assert steps_of(plan) == [("start", "nas", "wake_on_lan", "pi-dijon")]
+    assert "starting is harmless if it is already up" in plan.steps[0].reason
+
+
+def test_start_is_blocked_when_the_gateway_that_would_wake_is_unknown(example_fleet):
+    plan = start_plan(example_fleet, "nas", {"nuc-thory"}, unknown={"pi-dijon": "no route to 192.168.1.2"})
+    assert plan.steps == ()
+    assert plan.blocked == (
+        "cannot start nas: the power of its site gateway pi-dijon is unknown (no route to 192.168.1.2); "
+        "it sends the magic packets",
+    )
+
+
+def test_start_is_blocked_for_an_unknown_machine_without_mac(example_data, build_fleet):
+    del example_data["nodes"]["nas"]["mac"]
+    del example_data["nodes"]["nas"]["wol"]
+    plan = start_plan(build_fleet(example_data), "nas", GATEWAYS, unknown={"nas": "refused"})
+    assert plan.blocked == ("cannot start nas: its power is unknown (refused) and it has no mac for Wake-on-LAN",)
+
+
+# --------------------------------------------------------------------------- infrastructure stays up
+
+
+def test_stopping_a_gateway_is_refused_and_says_what_becomes_unreachable(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "pi-dijon", all_up)
+    assert plan.steps == ()
+    assert plan.blocked == (
+        "pi-dijon is the gateway of site dijon: its Wake-on-LAN (nas, pve1, pve2) and its WireGuard tunnel "
+        "would become unreachable",
+    )
+    assert plan.overrides == ("force_infrastructure",)
+
+
+def test_stopping_a_gateway_when_forced(example_fleet, all_up):
+    plan = stop_plan(example_fleet, "nuc-thory", all_up, force_infrastructure=True)
+    assert plan.runnable
+    assert steps_of(plan) == [("stop", "nuc-thory", "ssh", "nuc-thory")]
+    assert plan.steps[0].reason.startswith("requested; infrastructure, forced: nuc-thory is the gateway of site thory")
+
+
+def test_a_dependant_gateway_pulled_into_a_shutdown_is_refused(example_data, build_fleet):
+    example_data["dependencies"]["pi-dijon"] = ["nas"]
+    fleet = build_fleet(example_data)
+    plan = stop_plan(fleet, "nas", set(fleet.nodes), include_dependants=True, confirmed=["nas"])
+    assert plan.steps == ()
+    assert any(reason.startswith("pi-dijon is the gateway of site dijon") for reason in plan.blocked)
+
+
+def test_a_gateway_is_never_auto_stopped_as_a_dependency(example_data, build_fleet):
+    example_data["dependencies"]["jellyfin"] = ["nas", "pi-dijon"]
+    example_data["nodes"]["pi-dijon"]["confirm_shutdown"] = False
+    fleet = build_fleet(example_data)
+    for force in (False, True):
+        plan = stop_plan(fleet, "jellyfin", set(fleet.nodes) - {"sandbox"}, force_infrastructure=force)
+        assert [s.node for s in plan.steps] == ["jellyfin"]
+        kept = {n.node: n.reason for n in plan.kept}
+        assert kept["pi-dijon"].startswith("pi-dijon is the gateway of site dijon: ")
+        assert kept["pi-dijon"].endswith("infrastructure is never stopped as a dependency")
+
+
+def test_a_node_whose_host_is_unknown_is_unknown_too(example_fleet, all_up):
+    guests = {"vm-docker", "vm-ubuntu", "jellyfin", "sandbox", "api"}
+    plan = stop_plan(example_fleet, "nas", all_up - guests - {"pve1"}, unknown={"pve1": "refused"}, confirmed=["nas"])
+    assert plan.steps == ()
+    assert plan.blocked == ("nas may still be needed by jellyfin: power unknown (its host pve1 is unknown)",)

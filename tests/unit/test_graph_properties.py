@@ -3,8 +3,10 @@
 A fleet is generated as plain data (a hosting forest that respects the kind rules,
 a dependency DAG that stays acyclic together with the hosting links, per-node
 confirm_shutdown), then validated through the model exactly like a file. Power
-states are physically consistent: a node up implies its hosts up. Each plan is
-checked by walking its steps over a simulated power state.
+states are three-valued (up, down, unknown with a reason) and physically consistent,
+as the observer reports them: a node up implies its hosts up, a node whose host is
+down is down, one whose host is unknown is unknown. Each plan is checked by walking
+its steps over a simulated power state.
 """
 
 from __future__ import annotations
@@ -28,20 +30,23 @@ FEWER = settings(SETTINGS, max_examples=150)
 @dataclass(frozen=True)
 class Case:
     fleet: Fleet
-    up: frozenset[str]
+    up: frozenset[str]  # never holds an unknown node
+    unknown: dict[str, str]  # node → why its power is unknown
     target: str
     in_use: dict[str, str]
     confirmed: frozenset[str]
     include_dependants: bool
     shuffle_seed: int
+    force_infrastructure: bool = False
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         parents = {n: node.parent for n, node in self.fleet.nodes.items() if node.parent}
         return (
-            f"Case(target={self.target!r}, up={sorted(self.up)}, parents={parents}, "
+            f"Case(target={self.target!r}, up={sorted(self.up)}, unknown={sorted(self.unknown)}, parents={parents}, "
             f"dependencies={dict(self.fleet.dependencies)}, "
             f"confirm={[n for n in self.fleet.nodes if self.fleet.confirm_shutdown(n)]}, "
-            f"in_use={self.in_use}, confirmed={sorted(self.confirmed)}, include_dependants={self.include_dependants})"
+            f"in_use={self.in_use}, confirmed={sorted(self.confirmed)}, include_dependants={self.include_dependants}, "
+            f"force_infrastructure={self.force_infrastructure})"
         )
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -52,9 +57,12 @@ class Case:
 
 
 @st.composite
-def fleet_data(draw, *, gateway_dependencies: bool = True, auto_stop: bool = True) -> dict[str, Any]:
+def fleet_data(
+    draw, *, gateway_dependencies: bool = True, auto_stop: bool = True, clusters: bool = False
+) -> dict[str, Any]:
     """``gateway_dependencies=False``: gateways depend on nothing; ``auto_stop=False``: every
-    node has confirm_shutdown on, so a stop plan never stops a dependency by itself."""
+    node has confirm_shutdown on, so a stop plan never stops a dependency by itself;
+    ``clusters=True``: Proxmox machines join corosync clusters, some with a QDevice."""
     site_count = draw(st.integers(1, 2))
     sites = [f"site{i}" for i in range(site_count)]
     nodes: dict[str, dict[str, Any]] = {}
@@ -111,9 +119,22 @@ def fleet_data(draw, *, gateway_dependencies: bool = True, auto_stop: bool = Tru
         if needs:
             dependencies[name] = needs
 
+    arrangements: dict[str, dict[str, Any]] = {}
+    for name in proxmox_hosts if clusters else []:
+        cluster = draw(st.sampled_from([None, "ca", "ca", "cb"]))
+        if cluster is not None:
+            nodes[name]["proxmox"] = {**nodes[name]["proxmox"], "cluster": cluster, "votes": draw(st.integers(0, 2))}
+    for cluster in sorted({d["proxmox"].get("cluster") for d in nodes.values() if "proxmox" in d} - {None}):
+        outside = [
+            n for n, d in nodes.items() if d["kind"] == "machine" and d.get("proxmox", {}).get("cluster") != cluster
+        ]
+        if outside and draw(st.booleans()):
+            arrangements[cluster] = {"qdevice": draw(st.sampled_from(outside))}
+
     # File order is arbitrary too: the planner must not rely on it.
     names = draw(st.permutations(list(nodes)))
     return {
+        **({"clusters": arrangements} if arrangements else {}),
         "edge": {"host": "vps", "domain": "example.net", "wireguard": {"address": "10.200.0.1/24", "endpoint": "v:1"}},
         "sites": {
             site: {"gateway": f"gw-{site}", "wireguard": {"address": f"10.200.{i + 1}.1/24"}}
@@ -135,23 +156,33 @@ def build_from_yaml(data: dict[str, Any]) -> Fleet:
 
 
 @st.composite
-def cases(draw, *, gateway_dependencies: bool = True, auto_stop: bool = True) -> Case:
-    fleet = build(draw(fleet_data(gateway_dependencies=gateway_dependencies, auto_stop=auto_stop)))
+def cases(draw, *, gateway_dependencies: bool = True, auto_stop: bool = True, clusters: bool = False) -> Case:
+    fleet = build(draw(fleet_data(gateway_dependencies=gateway_dependencies, auto_stop=auto_stop, clusters=clusters)))
     up: set[str] = set()
+    unknown: dict[str, str] = {}
+    with_unknown = draw(st.booleans())
     for name in sorted(fleet.nodes, key=lambda n: len(fleet.ancestors(n))):  # hosts first
         parent = fleet.nodes[name].parent
-        if (parent is None or parent in up) and draw(st.integers(0, 3)) > 0:
-            up.add(name)
+        if parent in unknown:
+            unknown[name] = f"its host {parent} is unknown"
+        elif parent is None or parent in up:
+            roll = draw(st.integers(0, 7))
+            if roll == 2 and with_unknown:
+                unknown[name] = f"{name} did not answer"
+            elif roll > 1:
+                up.add(name)
     in_use = {n: f"session on {n}" for n in sorted(up) if draw(st.integers(0, 9)) == 0}
     confirmed = {n for n in fleet.nodes if auto_stop and fleet.confirm_shutdown(n) and draw(st.booleans())}
     return Case(
         fleet=fleet,
         up=frozenset(up),
+        unknown=unknown,
         target=draw(st.sampled_from(sorted(fleet.nodes))),
         in_use=in_use,
         confirmed=frozenset(confirmed),
         include_dependants=draw(st.booleans()),
         shuffle_seed=draw(st.integers(0, 2**16)),
+        force_infrastructure=draw(st.booleans()),
     )
 
 
@@ -161,19 +192,38 @@ def shuffled(case: Case) -> list[str]:
     return up
 
 
-def start(case: Case) -> Plan:
-    return start_plan(case.fleet, case.target, case.up)
+def shuffled_unknown(case: Case) -> dict[str, str]:
+    names = sorted(case.unknown)
+    random.Random(case.shuffle_seed).shuffle(names)
+    return {name: case.unknown[name] for name in names}
 
 
-def stop(case: Case, up=None) -> Plan:
+def only_the_unobserved(case: Case) -> dict[str, str]:
+    """``case.unknown`` without the nodes that are unknown only because their host is."""
+    return {name: why for name, why in case.unknown.items() if not why.startswith("its host ")}
+
+
+def start(case: Case, up=None, unknown=None) -> Plan:
+    return start_plan(
+        case.fleet, case.target, case.up if up is None else up, unknown=case.unknown if unknown is None else unknown
+    )
+
+
+def stop(case: Case, up=None, unknown=None) -> Plan:
     return stop_plan(
         case.fleet,
         case.target,
         case.up if up is None else up,
         case.in_use,
+        unknown=case.unknown if unknown is None else unknown,
         include_dependants=case.include_dependants,
         confirmed=case.confirmed,
+        force_infrastructure=case.force_infrastructure,
     )
+
+
+def gateways(fleet: Fleet) -> set[str]:
+    return {site.gateway for site in fleet.sites.values()}
 
 
 # --------------------------------------------------------------------------- start plans
@@ -229,6 +279,12 @@ def check_start_order(case: Case, plan: Plan) -> None:
             assert node.mac is not None
         for dependency in fleet.dependencies_of(step.node):
             assert dependency in state, f"{step.node} starts before its dependency {dependency}"
+        if step.node in case.unknown:
+            # only where starting a node already up changes nothing, and the plan says so
+            assert step.channel.kind in ("wake_on_lan", "proxmox", "docker")
+            assert f"power unknown ({case.unknown[step.node]}): starting is harmless" in step.reason
+        else:
+            assert "power unknown" not in step.reason
         state.add(step.node)
     assert case.target in state
 
@@ -253,9 +309,12 @@ def check_start_closure(case: Case, plan: Plan) -> None:
 
 
 def check_start_determinism(case: Case, plan: Plan) -> None:
-    assert start_plan(case.fleet, case.target, case.up) == plan
-    assert start_plan(case.fleet, case.target, shuffled(case)) == plan
-    assert start_plan(case.fleet, case.target, set(shuffled(case))) == plan
+    assert start(case) == plan
+    assert start(case, up=shuffled(case), unknown=shuffled_unknown(case)) == plan
+    assert start(case, up=set(shuffled(case))) == plan
+    # an unknown node given as up too is still unknown; what an unknown node hosts is unknown unsaid
+    assert start(case, up=case.up | set(case.unknown)) == plan
+    assert start(case, unknown=only_the_unobserved(case)) == plan
 
 
 @SETTINGS
@@ -290,7 +349,7 @@ GATEWAY_NEEDS_A_DEPENDANT = {
 
 
 def _pinned(data: dict[str, Any], up: set[str], target: str) -> Case:
-    return Case(build_from_yaml(data), frozenset(up), target, {}, frozenset(), False, 0)
+    return Case(build_from_yaml(data), frozenset(up), {}, target, {}, frozenset(), False, 0)
 
 
 @FEWER
@@ -304,11 +363,13 @@ def test_start_plan_order_when_gateways_have_dependencies(case: Case):
 
 
 def cascade_of(case: Case) -> set[str]:
-    """The requested shutdown: the target's subtree, plus active dependants' subtrees."""
+    """The requested shutdown: the target's subtree, plus the subtrees of dependants that are up
+    or unknown (they could be running)."""
     fleet = case.fleet
     cascade = {case.target, *fleet.descendants(case.target)}
+    maybe_running = case.up | set(case.unknown)
     while case.include_dependants:
-        extra = {d for n in cascade for d in fleet.dependants_of(n) if d in case.up and d not in cascade}
+        extra = {d for n in cascade for d in fleet.dependants_of(n) if d in maybe_running and d not in cascade}
         if not extra:
             break
         for name in extra:
@@ -325,42 +386,52 @@ def confirmed_behind_down_nodes(case: Case) -> set[str]:
     a person may stop those after the fact (a shutdown re-run with --confirm)."""
     fleet = case.fleet
     reached: set[str] = set()
-    todo = [n for n in cascade_of(case) if n not in case.up]
+    down = set(fleet.nodes) - case.up - set(case.unknown)
+    todo = [n for n in cascade_of(case) if n in down]
     while todo:
         for dependency in fleet.dependencies_of(todo.pop()):
             if dependency not in reached:
                 reached.add(dependency)
-                if dependency not in case.up:
+                if dependency in down:
                     todo.append(dependency)
     return {n for n in reached if n in case.up and n in case.confirmed}
 
 
 def check_stop_order(case: Case, plan: Plan) -> None:
     """Walking the steps: each stops a node that is up, after everything it hosts and
-    everything still up that depends on it; in-use and proposed nodes never stop."""
+    everything still up that depends on it; a node is never stopped while a dependant or a
+    hosted child is up or unknown; unknown, in-use and proposed nodes never stop; a site
+    gateway stops only when forced and asked for; each step says truly why it stops."""
     fleet = case.fleet
     if plan.blocked:
         assert (plan.steps, plan.kept, plan.proposed) == ((), (), ())
         return
     state = set(case.up)
+    unknown = set(case.unknown)
     stopped: set[str] = set()
     proposed = {n.node for n in plan.proposed}
-    for step in plan.steps:
+    cascade = cascade_of(case)
+    later = [s.node for s in plan.steps]
+    for index, step in enumerate(plan.steps):
         node = fleet.nodes[step.node]
         assert step.action == "stop"
-        assert step.node in state, f"{step.node} is stopped while down (or twice)"
+        assert step.node in state, f"{step.node} is stopped while down, unknown (or twice)"
         assert step.node not in case.in_use and step.node not in proposed
-        assert not subtree(fleet, step.node) - {step.node} & state, f"{step.node} stops before what it hosts"
-        users = [d for d in fleet.dependants_of(step.node) if d in state]
-        assert not users, f"{step.node} stops while {users} still depend on it"
+        hosted = subtree(fleet, step.node) - {step.node}
+        assert not hosted & state, f"{step.node} stops before what it hosts"
+        assert not hosted & unknown, f"{step.node} stops while it hosts {sorted(hosted & unknown)}, power unknown"
+        users = [d for d in fleet.dependants_of(step.node) if d in state or d in unknown]
+        assert not users, f"{step.node} stops while {users} still (or may still) depend on it"
+        if step.node in gateways(fleet):
+            assert case.force_infrastructure and step.node in cascade, f"gateway {step.node} stopped"
         if node.kind == "machine":
             assert (step.channel.kind, step.channel.via) == ("ssh", step.node)
         else:
             expected = "proxmox" if node.kind in ("vm", "lxc") else "docker"
             assert (step.channel.kind, step.channel.via) == (expected, node.parent)
+        check_stop_reason(case, step.node, step.reason.split("; infrastructure, forced: ")[0], later[index + 1 :])
         state.remove(step.node)
         stopped.add(step.node)
-    cascade = cascade_of(case)
     assert not cascade & state, "part of the requested shutdown is still up"
     behind = confirmed_behind_down_nodes(case)
     for name in stopped - cascade:
@@ -369,63 +440,99 @@ def check_stop_order(case: Case, plan: Plan) -> None:
         )
 
 
+def check_stop_reason(case: Case, name: str, reason: str, stopped_after: list[str]) -> None:
+    """The reason names what really happens: the host it names stops after it, the dependency
+    it names is part of the shutdown; only the target is "requested"."""
+    fleet = case.fleet
+    assert (reason == "requested") == (name == case.target), reason
+    if reason.startswith("hosted on "):
+        host = reason.removeprefix("hosted on ")
+        assert host == fleet.nodes[name].parent and host in stopped_after, f"{name}: {reason}"
+    elif reason.startswith("depends on "):
+        dependency = reason.removeprefix("depends on ").split(",")[0]
+        assert dependency in fleet.dependencies_of(name) and dependency in cascade_of(case), f"{name}: {reason}"
+        assert name in cascade_of(case)
+    elif reason != "requested":
+        assert reason.startswith("no active dependant left"), f"{name}: {reason}"
+        assert name not in cascade_of(case)
+
+
 def check_stop_blocking(case: Case, plan: Plan) -> None:
-    """Blocked exactly when the cascade holds a node in use, or (without
-    include_dependants) a node with a running dependant outside the cascade."""
+    """Blocked exactly when the cascade holds a node in use, an unknown node, a node with an
+    unknown dependant outside it, (without include_dependants) a node with a running
+    dependant outside it, or (unless forced) a running site gateway; each block names the
+    node and, for an unknown one, why it is unknown."""
     fleet = case.fleet
     cascade = cascade_of(case)
     needed = sorted(n for n in cascade if any(d in case.up and d not in cascade for d in fleet.dependants_of(n)))
     busy = sorted(n for n in cascade if n in case.in_use)
-    assert bool(plan.blocked) == bool(needed or busy)
+    unknown_inside = sorted(n for n in cascade if n in case.unknown)
+    unknown_users = sorted(d for n in cascade for d in fleet.dependants_of(n) if d in case.unknown and d not in cascade)
+    infra = [] if case.force_infrastructure else sorted(n for n in cascade & gateways(fleet) if n in case.up)
+    assert bool(plan.blocked) == bool(needed or busy or unknown_inside or unknown_users or infra)
     for name in needed:
         assert any(b.startswith(f"{name} is still needed by ") for b in plan.blocked)
     for name in busy:
         assert f"{name} is in use: {case.in_use[name]}" in plan.blocked
+    for name in [*unknown_inside, *unknown_users]:
+        assert any(name in b and f"power unknown ({case.unknown[name]})" in b for b in plan.blocked), name
+    for name in infra:
+        assert any(b.startswith(f"{name} is the gateway of site ") for b in plan.blocked)
+    assert ("force_infrastructure" in plan.overrides) == bool(infra)
 
 
 def check_kept_and_proposed(case: Case, plan: Plan, *, hosted_nodes_count: bool = True) -> None:
-    """A kept node has a running needer (or is in use); a proposed node has no running
-    dependant, and hosts nothing still running; every dependency of what stops is
-    stopped, kept or proposed. ``hosted_nodes_count=False`` leaves out what a proposed
-    node hosts (see HOSTS_A_RUNNING_NODE)."""
+    """A kept node has a running or unknown needer, hosts such a node, is in use, is unknown
+    itself, or is a site gateway; a proposed node has no running or unknown dependant, and
+    hosts nothing still running; every dependency of what stops is stopped, kept or proposed.
+    ``hosted_nodes_count=False`` leaves out what a proposed node hosts (see HOSTS_A_RUNNING_NODE)."""
     fleet = case.fleet
     if plan.blocked:
         return
     stopped = {s.node for s in plan.steps}
     after = set(case.up) - stopped
+    maybe = after | set(case.unknown)
     for note in plan.kept:
+        if note.node in case.unknown:
+            assert note.reason == f"power unknown ({case.unknown[note.node]}): not stopped"
+            continue
         assert note.node in after
         if note.needed_by:
             for user in note.needed_by:
-                assert user in after, f"{note.node} is kept for {user}, which this plan stops"
+                assert user in maybe, f"{note.node} is kept for {user}, which this plan stops"
                 assert set(fleet.dependencies_of(user)) & subtree(fleet, note.node)
         elif note.reason.startswith("hosts running "):
-            assert (subtree(fleet, note.node) - {note.node}) & after
+            assert (subtree(fleet, note.node) - {note.node}) & maybe
+        elif note.reason.endswith("infrastructure is never stopped as a dependency"):
+            assert note.node in gateways(fleet)
         else:
             assert "is in use: " in note.reason
     for note in plan.proposed:
         assert note.node in after and fleet.confirm_shutdown(note.node) and note.node not in case.confirmed
+        assert note.node not in gateways(fleet)
         hosted = subtree(fleet, note.node) - {note.node}
-        users = {d for d in fleet.dependants_of(note.node) if d in after}
+        users = {d for d in fleet.dependants_of(note.node) if d in maybe}
         if hosted_nodes_count:
             assert not users, f"{note.node} is proposed while {sorted(users)} still depend on it"
-            assert not hosted & after, f"{note.node} is proposed while it hosts running {sorted(hosted & after)}"
+            assert not hosted & maybe, f"{note.node} is proposed while it hosts running {sorted(hosted & maybe)}"
         else:
             assert not users - hosted, f"{note.node} is proposed while {sorted(users)} still depend on it"
     noted = {n.node for n in (*plan.kept, *plan.proposed)}
     for name in stopped:
         for dependency in fleet.dependencies_of(name):
-            assert dependency not in after or dependency in noted, f"{dependency} left up without a word"
+            assert dependency not in maybe or dependency in noted, f"{dependency} left up without a word"
     cascade = cascade_of(case)
     for note in plan.skipped:
-        assert note.node not in case.up
+        assert note.node not in case.up and note.node not in case.unknown
         assert note.node in cascade or {note.node, *fleet.ancestors(note.node)} & stopped
 
 
 def check_stop_determinism(case: Case, plan: Plan) -> None:
     assert stop(case) == plan
-    assert stop(case, up=shuffled(case)) == plan
+    assert stop(case, up=shuffled(case), unknown=shuffled_unknown(case)) == plan
     assert stop(case, up=set(shuffled(case))) == plan
+    assert stop(case, up=case.up | set(case.unknown)) == plan  # unknown wins over up
+    assert stop(case, unknown=only_the_unobserved(case)) == plan  # a host unknown: what it hosts too
 
 
 @SETTINGS
@@ -510,3 +617,49 @@ def test_stop_plan_order_when_dependencies_stop_too(case: Case):
 @example(_pinned(HOSTS_A_RUNNING_NODE, ALL_UP, "c0"))
 def test_stop_plan_notes_when_dependencies_stop_too(case: Case):
     check_kept_and_proposed(case, stop(case))
+
+
+# --------------------------------------------------------------------------- quorum
+
+
+def quorate(fleet: Fleet, guest: str, present: set[str]) -> bool:
+    """corosync votequorum, written out independently: votes present >= expected // 2 + 1."""
+    cluster = fleet.cluster_of(guest)
+    members = {
+        n: node.proxmox.votes for n, node in fleet.nodes.items() if node.proxmox and node.proxmox.cluster == cluster
+    }
+    qdevice = fleet.clusters[cluster].qdevice if cluster in fleet.clusters else None
+    expected = sum(members.values()) + (1 if qdevice else 0)
+    votes = sum(v for n, v in members.items() if n in present) + (1 if qdevice in present else 0)
+    return votes >= expected // 2 + 1
+
+
+def clustered_guests(fleet: Fleet) -> list[str]:
+    return [n for n, node in fleet.nodes.items() if node.kind in ("vm", "lxc") and fleet.cluster_of(n)]
+
+
+@SETTINGS
+@given(cases(clusters=True))
+def test_every_guest_start_happens_in_a_quorate_cluster(case: Case):
+    plan = start(case)
+    present = set(case.up)
+    for step in plan.steps:
+        if step.node in clustered_guests(case.fleet):
+            assert quorate(case.fleet, step.node, present), (step, sorted(present))
+        present.add(step.node)
+
+
+@SETTINGS
+@given(cases(clusters=True))
+def test_a_stop_never_costs_quorum_to_a_guest_that_runs_or_may_run(case: Case):
+    plan = stop(case)
+    if not plan.runnable:
+        return
+    stopped = {s.node for s in plan.steps}
+    after = set(case.up) - stopped
+    for guest in clustered_guests(case.fleet):
+        cluster = case.fleet.cluster_of(guest)
+        qdevice = case.fleet.clusters[cluster].qdevice if cluster in case.fleet.clusters else None
+        voters_stopped = stopped & {*case.fleet.cluster_members(cluster), qdevice}
+        if voters_stopped and (guest in after or guest in case.unknown):
+            assert quorate(case.fleet, guest, after), (guest, sorted(voters_stopped), sorted(after))

@@ -167,7 +167,7 @@ def test_example_machine_vars(example: dict[str, Any]) -> None:
         "api": "https://192.168.1.3:8006",
         "node": "pve1",
         "token_id": "root@pam!wakegrid",
-        "token_secret": "{{ lookup('ansible.builtin.env', 'WAKEGRID_PVE1_TOKEN') }}",
+        "token_secret": secret_reference("nodes.pve1.proxmox.token_secret", EXAMPLE),
         "verify_tls": True,
     }
     assert pve1["wakegrid_docker"] is None
@@ -189,7 +189,14 @@ def test_example_guest_and_container_vars(example: dict[str, Any]) -> None:
     assert jellyfin["wakegrid_dependencies"] == ["nas"]
     assert jellyfin["wakegrid_dependants"] == ["sandbox"]
     assert jellyfin["wakegrid_confirm_shutdown"] is False
-    assert hostvars["vm-docker"]["wakegrid_docker"] == {"api": "tcp://192.168.1.21:2375", "tls": False}
+    assert hostvars["vm-docker"]["wakegrid_docker"] == {
+        "api": "tcp://192.168.1.21:2375",
+        "tls": False,
+        "tls_verify": True,
+        "ca": None,
+        "cert": None,
+        "key": None,
+    }
 
     sandbox = hostvars["sandbox"]
     # No SSH into a container: tasks run in it through its parent's Docker API.
@@ -301,7 +308,7 @@ def test_verify_file_rejects_other_names(ansible_env: dict[str, str], tmp_path: 
     shutil.copy(valid, other)
     result = run(ansible_env, "ansible-inventory", "-i", str(other), "--list", check=False)
     assert result.returncode != 0
-    assert f"inventory source '{other}' could not be verified by inventory plugin 'wakegrid.fleet.fleet'" in (
+    assert f"{other} names the wakegrid.fleet.fleet plugin, but a fleet file's name must end in .fleet.yml" in (
         result.stderr
     )
     # Both spellings of the suffix are fleet files.
@@ -377,6 +384,11 @@ def test_strict_makes_a_bad_expression_fatal(ansible_env: dict[str, str], tmp_pa
 # --------------------------------------------------------------------------- secrets
 
 
+def secret_reference(where: str, source: Path) -> str:
+    """What the inventory holds for a secret, whatever its form: where it is, never what it is."""
+    return f"{{{{ lookup('wakegrid.fleet.fleet_secret', '{where}', fleet_file='{source}') }}}}"
+
+
 def proxmox_node(name: str, secret: str) -> str:
     return (
         f"{name}: {{kind: machine, site: home, proxmox: "
@@ -384,65 +396,180 @@ def proxmox_node(name: str, secret: str) -> str:
     )
 
 
-def test_env_and_file_secrets_stay_out_of_the_inventory(ansible_env: dict[str, str], tmp_path: Path) -> None:
-    env_value = "env-secret-7f3a9c"
-    file_value = "file-secret-51be02"
-    key_value = "ssh-key-secret-d41d8c"
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "pve.token").write_text(file_value + "\n")
-    (tmp_path / "edge.key").write_text(key_value + "\n")
-    source = write_fleet(
-        tmp_path,
-        proxmox_node("pve-env", "{env: WG_TEST_TOKEN}")
-        # A relative path is relative to the fleet file, wherever Ansible runs.
-        + proxmox_node("pve-file", "{file: secrets/pve.token}")
-        + proxmox_node("pve-inline", '"inline-{{ 6 * 7 }}"'),
-        f"defaults:\n  ssh: {{private_key: {{file: {tmp_path / 'edge.key'}}}}}\n",
-    )
-    listing = run(ansible_env, "ansible-inventory", "-i", str(source), "--list", WG_TEST_TOKEN=env_value)
-    for secret in (env_value, file_value, key_value):
-        assert secret not in listing.stdout
-        assert secret not in listing.stderr
-    hostvars = plain(json.loads(listing.stdout))["_meta"]["hostvars"]
-    assert hostvars["pve-env"]["wakegrid_proxmox"]["token_secret"] == (
-        "{{ lookup('ansible.builtin.env', 'WG_TEST_TOKEN') }}"
-    )
-    assert hostvars["gw"]["ansible_ssh_private_key"] == (
-        f"{{{{ lookup('ansible.builtin.file', '{tmp_path / 'edge.key'}') }}}}"
-    )
-
-    # A task gets the values; an inline secret is taken literally, never rendered as a template.
-    secret_var = "wakegrid_proxmox.token_secret"
-    assert task_value(ansible_env, source, "pve-env", secret_var, WG_TEST_TOKEN=env_value) == env_value
-    assert task_value(ansible_env, source, "pve-file", secret_var) == file_value
-    assert task_value(ansible_env, source, "pve-inline", secret_var) == "inline-{{ 6 * 7 }}"
-    assert task_value(ansible_env, source, "gw", "ansible_ssh_private_key") == key_value
+def vault_block(env: dict[str, str], password_file: Path, plaintext: str, indent: int) -> str:
+    """`!vault |` and its ciphertext lines, indented by ``indent`` spaces, from ansible-vault itself."""
+    encrypted = run(env, "ansible-vault", "encrypt_string", "--vault-password-file", str(password_file), plaintext)
+    header, *ciphertext = encrypted.stdout.strip().splitlines()
+    assert header.strip() == "!vault |"
+    return "!vault |\n" + "".join(f"{' ' * indent}{line.strip()}\n" for line in ciphertext)
 
 
-def test_vault_secret_stays_encrypted_until_used(ansible_env: dict[str, str], tmp_path: Path) -> None:
-    plaintext = "vault-secret-0c7e11"
+# One marker per secret form and field; none may ever be printed by ansible-inventory.
+MARKERS = {
+    "inline": "inline-marker-3c9f1e",
+    "env": "env-marker-a41d07",
+    "file": "file-marker-77b2c5",
+    "vault": "vault-marker-0e5d93",
+    "ssh": "ssh-key-marker-9f0a2b",
+    "secureon": "11:22:33:44:55:66",
+    "docker": "docker-key-marker-c3d2e1",
+}
+
+
+@pytest.fixture
+def secret_fleet(ansible_env: dict[str, str], tmp_path: Path) -> tuple[Path, Path]:
+    """A fleet with a secret of every form in every secret field, and its vault password file."""
     password_file = tmp_path / "vault-pass"
     password_file.write_text("correct horse battery staple\n")
-    encrypted = run(
-        ansible_env, "ansible-vault", "encrypt_string", "--vault-password-file", str(password_file), plaintext
-    ).stdout
-    header, *ciphertext = encrypted.strip().splitlines()
-    assert header.strip() == "!vault |"
-    block = "".join(f"          {line.strip()}\n" for line in ciphertext)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "pve.token").write_text(MARKERS["file"] + "\n")
+    (tmp_path / "edge.key").write_text(MARKERS["ssh"] + "\n")
     source = write_fleet(
         tmp_path,
-        "pve-vault:\n"
+        proxmox_node("pve-inline", f'"{MARKERS["inline"]}-{{{{ 6 * 7 }}}}"')
+        + proxmox_node("pve-env", "{env: WG_TEST_TOKEN}")
+        # A relative path is relative to the fleet file, wherever Ansible runs.
+        + proxmox_node("pve-file", "{file: secrets/pve.token}")
+        + "pve-vault:\n"
         "  kind: machine\n"
         "  site: home\n"
+        "  mac: '52:54:00:12:34:07'\n"
+        f"  wol: {{secureon: '{MARKERS['secureon']}'}}\n"
         "  proxmox:\n"
-        '    api: "https://192.168.1.3:8006"\n'
+        '    api: "https://192.168.1.7:8006"\n'
         '    token_id: "root@pam!wg"\n'
-        "    token_secret: !vault |\n" + block,
+        "    token_secret: " + vault_block(ansible_env, password_file, MARKERS["vault"], 6) + "docker-tls:\n"
+        "  kind: machine\n"
+        "  site: home\n"
+        "  docker: {api: 'tcp://192.168.1.8:2376', tls: true, cert: client.pem, "
+        f"key: {MARKERS['docker']}}}\n",
+        f"defaults:\n  ssh: {{private_key: {{file: {tmp_path / 'edge.key'}}}}}\n",
     )
-    vault_args = ("--vault-password-file", str(password_file))
-    for args in ((), vault_args):  # with or without the password, the listing holds only ciphertext
-        listing = run(ansible_env, "ansible-inventory", "-i", str(source), "--list", *args).stdout
-        assert plaintext not in listing
-        token = json.loads(listing)["_meta"]["hostvars"]["pve-vault"]["wakegrid_proxmox"]["token_secret"]
-        assert token["__ansible_vault"].startswith("$ANSIBLE_VAULT;1.1;AES256")
-    assert task_value(ansible_env, source, "pve-vault", "wakegrid_proxmox.token_secret", *vault_args) == plaintext
+    return source, password_file
+
+
+def assert_no_marker(result: subprocess.CompletedProcess[str]) -> None:
+    for form, marker in MARKERS.items():
+        assert marker not in result.stdout, f"the {form} secret was printed"
+        assert marker not in result.stderr, f"the {form} secret was printed"
+
+
+def test_no_secret_form_is_printed_by_ansible_inventory(
+    ansible_env: dict[str, str], secret_fleet: tuple[Path, Path]
+) -> None:
+    source, password_file = secret_fleet
+    env = {**ansible_env, "WG_TEST_TOKEN": MARKERS["env"]}  # even with every source readable
+    vault = ("--vault-password-file", str(password_file))
+    for args in (
+        ("--list",),
+        ("--list", *vault),
+        ("--list", "--export", "--yaml"),
+        ("--graph", "--vars"),
+        *(("--host", host, *vault) for host in ("pve-inline", "pve-env", "pve-file", "pve-vault", "docker-tls", "gw")),
+    ):
+        assert_no_marker(run(env, "ansible-inventory", "-i", str(source), *args))
+
+    # What --list shows for a secret, whatever its form: the lookup that reads it where it is written.
+    hostvars = plain(json.loads(run(env, "ansible-inventory", "-i", str(source), "--list").stdout))["_meta"]["hostvars"]
+    for host in ("pve-inline", "pve-env", "pve-file", "pve-vault"):
+        assert hostvars[host]["wakegrid_proxmox"]["token_secret"] == secret_reference(
+            f"nodes.{host}.proxmox.token_secret", source
+        )
+    assert hostvars["pve-vault"]["wakegrid_wol"]["secureon"] == secret_reference("nodes.pve-vault.wol.secureon", source)
+    assert hostvars["docker-tls"]["wakegrid_docker"]["key"] == secret_reference("nodes.docker-tls.docker.key", source)
+    assert hostvars["gw"]["ansible_ssh_private_key"] == secret_reference("defaults.ssh.private_key", source)
+
+
+def test_tasks_get_the_secrets_and_no_log_keeps_them_out_of_the_output(
+    ansible_env: dict[str, str], secret_fleet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, password_file = secret_fleet
+    out = tmp_path / "out"
+    out.mkdir()
+    reads = {
+        "inline": "hostvars['pve-inline'].wakegrid_proxmox.token_secret",
+        "env": "hostvars['pve-env'].wakegrid_proxmox.token_secret",
+        "file": "hostvars['pve-file'].wakegrid_proxmox.token_secret",
+        "vault": "hostvars['pve-vault'].wakegrid_proxmox.token_secret",
+        "ssh": "hostvars['gw'].ansible_ssh_private_key",
+        "secureon": "hostvars['pve-vault'].wakegrid_wol.secureon",
+        "docker": "hostvars['docker-tls'].wakegrid_docker.key",
+        # Called directly, the lookup finds the fleet file through wakegrid_fleet_file.
+        "direct": "lookup('wakegrid.fleet.fleet_secret', 'nodes.pve-env.proxmox.token_secret')",
+    }
+    tasks = "".join(
+        f"    - name: Use the {form} secret\n"
+        f"      ansible.builtin.copy: {{content: \"{{{{ {expression} }}}}\", dest: {out / form}, mode: '0600'}}\n"
+        "      no_log: true\n"
+        f"    - name: Show the {form} secret, were it not for no_log\n"
+        f'      ansible.builtin.debug: {{msg: "{{{{ {expression} }}}}"}}\n'
+        "      no_log: true\n"
+        for form, expression in reads.items()
+    )
+    playbook = tmp_path / "use.yml"
+    playbook.write_text(f"- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n{tasks}")
+    result = run(
+        ansible_env,
+        "ansible-playbook",
+        "-i",
+        str(source),
+        str(playbook),
+        "-v",
+        "--vault-password-file",
+        str(password_file),
+        WG_TEST_TOKEN=MARKERS["env"],
+    )
+    assert_no_marker(result)
+    got = {form: (out / form).read_text() for form in reads}
+    # An inline secret is taken literally, never rendered as a template.
+    assert got["inline"] == MARKERS["inline"] + "-{{ 6 * 7 }}"
+    assert got["direct"] == MARKERS["env"]
+    for form in ("env", "file", "vault", "ssh", "secureon", "docker"):
+        assert got[form] == MARKERS[form]
+
+
+def test_an_unset_environment_variable_fails_the_task_naming_path_and_variable(
+    ansible_env: dict[str, str], tmp_path: Path
+) -> None:
+    source = write_fleet(tmp_path, proxmox_node("pve-env", "{env: WG_TEST_UNSET_TOKEN}"))
+    # Listing needs no secret: the variable is read only by the task that uses it.
+    listed = plain(inventory(ansible_env, source))
+    assert "pve-env" in listed["_meta"]["hostvars"]
+    result = run(
+        ansible_env,
+        "ansible",
+        "pve-env",
+        "-i",
+        str(source),
+        "-m",
+        "ansible.builtin.debug",
+        "-a",
+        "var=wakegrid_proxmox.token_secret",
+        check=False,
+    )
+    assert result.returncode != 0, "an unset variable must fail the task, not give an empty secret"
+    assert "nodes.pve-env.proxmox.token_secret: environment variable WG_TEST_UNSET_TOKEN is not set" in (
+        result.stdout + result.stderr
+    )
+
+
+def test_a_syntax_error_next_to_an_inline_secret_does_not_print_it(ansible_env: dict[str, str], tmp_path: Path) -> None:
+    marker = MARKERS["inline"]
+    source = write_fleet(
+        tmp_path,
+        f"pve: {{kind: machine, site: home, proxmox: {{api: 'https://192.168.1.3:8006', token_id: 'root@pam!wg',\n"
+        f"  token_secret: {marker}}}}}\n"
+        "broken: {kind: @machine}\n"  # '@' cannot start a YAML token
+        "after: {kind: machine, site: home}\n",
+    )
+    lines = source.read_text().splitlines()
+    secret_line = next(number for number, line in enumerate(lines, 1) if marker in line)
+    assert lines[secret_line].strip().startswith("broken:")  # the error is on the next line
+    for args in (
+        ("ansible-inventory", "-i", str(source), "--list"),
+        ("ansible", "all", "-i", str(source), "--list-hosts"),
+    ):
+        result = run(ansible_env, *args, check=False)
+        assert result.returncode != 0
+        assert f"{source}:{secret_line + 1}: invalid YAML" in result.stderr
+        assert marker not in result.stdout + result.stderr

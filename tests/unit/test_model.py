@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
+from test_inventory_plugin import ansible_env  # noqa: F401  (the fixture: Ansible with this repository's config)
 
+from wakegrid import yamlsource
 from wakegrid.model import FleetError, Window, load_fleet, parse_duration, parse_fleet
 from wakegrid.secret import Secret, SecretError
 
@@ -435,3 +442,174 @@ def test_window_wrapping_midnight_is_accepted(example_fleet):
         (["sat", "sun"], "09:00", "01:00"),
     ]
     assert example_fleet.services["stream"].policy.idle_after == 1200.0
+
+
+# --------------------------------------------------------------------------- hostile and large YAML
+
+HEAD = (
+    "plugin: wakegrid.fleet.fleet\n"
+    'edge: {host: vps, domain: example.net, wireguard: {address: 10.200.0.1/24, endpoint: "vps:51820"}}\n'
+    "sites: {home: {gateway: gw, wireguard: {address: 10.200.1.1/24}}}\n"
+    "nodes: {gw: {kind: machine, site: home}}\n"
+    "lab:\n"
+)
+
+
+def _alias_bomb() -> str:
+    """Ten levels of nine aliases each: 600 bytes that expand to 9**10 (3.5 billion) values."""
+    lines = ['  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for previous, name in itertools.pairwise("abcdefghij"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return HEAD + "\n".join(lines) + "\n"
+
+
+def _deep(levels: int, flow: bool) -> str:
+    if flow:
+        return HEAD + "  deep: " + "[" * levels + "]" * levels + "\n"
+    return HEAD + "".join("  " + " " * i + f"k{i}:\n" for i in range(levels)) + " " * (levels + 2) + "v\n"
+
+
+HOSTILE = {
+    # name: (text, line, reason)
+    "alias-bomb": (_alias_bomb(), 11, "aliases expand the document by more than 100,000 values"),
+    "deep-block": (_deep(5000, flow=False), 1004, "exceeded maximum nesting depth"),
+    "deep-flow": (_deep(5000, flow=True), 6, "exceeded maximum nesting depth"),
+    "deep-under-the-parser-limit": (_deep(150, flow=False), 105, "nested more than 100 levels deep"),
+    "recursive-alias": (HEAD + "  loop: &loop [*loop]\n", 6, "an alias refers to its own anchor"),
+}
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["libyaml", "pure-python"])
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_yaml_is_a_fleet_problem_with_its_line_in_a_second(case, pure, monkeypatch):
+    text, line, reason = HOSTILE[case]
+    if pure:
+        monkeypatch.setattr(yamlsource, "_LOADERS", [yamlsource._PyLoader])
+    began = time.process_time()
+    with pytest.raises(FleetError) as caught:
+        parse_fleet(text)
+    assert time.process_time() - began < 1.0
+    [problem] = caught.value.problems
+    if pure and case.startswith("deep"):  # it has no nesting limit of its own: ours applies, a line or two apart
+        assert problem.reason == f"invalid YAML: nested more than {yamlsource.MAX_DEPTH} levels deep"
+    else:
+        assert problem.reason.startswith(f"invalid YAML: {reason}")
+        assert problem.line == line
+
+
+def _bounded_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # the bomb used to take 3.6 GB
+
+
+@pytest.mark.parametrize("case", ["alias-bomb", "deep-block"])
+def test_wakegrid_validate_refuses_hostile_yaml_in_bounded_memory(case, tmp_path):
+    text, line, reason = HOSTILE[case]
+    path = tmp_path / "hostile.fleet.yml"
+    path.write_text(text)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "wakegrid"), "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_bounded_memory,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{path}:{line}: invalid YAML: {reason}" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["alias-bomb", "deep-block"])
+def test_ansible_inventory_reports_hostile_yaml_as_a_fleet_problem(case, tmp_path, ansible_env):  # noqa: F811
+    text, line, reason = HOSTILE[case]
+    path = tmp_path / "hostile.fleet.yml"
+    path.write_text(text)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ansible_env,
+        preexec_fn=_bounded_memory,
+    )
+    assert result.returncode != 0
+    assert f"{path}:{line}: invalid YAML: {reason}" in result.stderr
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+
+
+def test_the_pure_python_parser_reads_every_file_as_libyaml_does():
+    """The fallback for a PyYAML without libyaml: same values, lines and duplicates."""
+    files = [Path(__file__).parents[2] / "inventories" / "example" / "example.fleet.yml", *CORPUS.glob("*.yml")]
+    for path in files:
+        text = path.read_text()
+        try:
+            fast = yamlsource.load_yaml(text)
+        except yamlsource.YamlSyntaxError as exc:
+            with pytest.raises(yamlsource.YamlSyntaxError) as pure:
+                yamlsource.load_yaml(text, pure=True)
+            assert pure.value.line == exc.line, path.name
+            continue
+        slow = yamlsource.load_yaml(text, pure=True)
+        assert (fast.data, fast.lines, fast.duplicates) == (slow.data, slow.lines, slow.duplicates), path.name
+
+
+def test_merge_keys_anchors_and_duplicates_still_work():
+    document = yamlsource.load_yaml(
+        "base: &base {kind: vm, vmid: 100}\n"
+        "nodes:\n"
+        "  a: {<<: *base, vmid: 101}\n"
+        "  b: *base\n"
+        "  a: {kind: lxc}\n"
+        "mac: 52:54:00:12:34:56\n"
+        "time: 23:30\n"
+    )
+    assert document.data["nodes"] == {"a": {"kind": "lxc"}, "b": {"kind": "vm", "vmid": 100}}
+    assert (document.data["mac"], document.data["time"]) == ("52:54:00:12:34:56", "23:30")
+    assert document.duplicates == [(("nodes", "a"), 5, 3)]
+    assert document.lines[("nodes", "a", "kind")] == 5  # the copy that counts
+
+
+def test_a_fleet_file_that_is_not_utf8_is_a_fleet_error(tmp_path):
+    path = tmp_path / "latin1.fleet.yml"
+    path.write_bytes(HEAD.encode() + b"  note: caf\xe9\n")
+    with pytest.raises(FleetError) as caught:
+        load_fleet(path)
+    assert [(p.reason, p.line) for p in caught.value.problems] == [("the fleet file is not UTF-8 text", 6)]
+
+
+# --------------------------------------------------------------------------- backend addresses
+
+
+def test_a_container_backend_is_reached_at_its_docker_hosts_address(example_data, build_fleet):
+    for backend in example_data["services"]["api"]["backends"]:
+        del backend["address"]  # the example repeats vm-docker's and docker-thory's addresses
+    fleet = build_fleet(example_data)
+    backends = fleet.services["api"].backends
+    assert [fleet.backend_address(b) for b in backends] == ["192.168.1.21", "192.168.2.21"]
+
+
+def test_a_containers_own_address_wins_over_its_hosts(example_data, build_fleet):
+    example_data["nodes"]["api"]["address"] = "172.17.0.5"
+    del example_data["services"]["api"]["backends"][0]["address"]
+    fleet = build_fleet(example_data)
+    assert fleet.backend_address(fleet.services["api"].backends[0]) == "172.17.0.5"
+
+
+def test_the_inventory_gives_the_derived_backend_address(example_data, tmp_path, ansible_env):  # noqa: F811
+    for backend in example_data["services"]["api"]["backends"]:
+        del backend["address"]
+    path = tmp_path / "derived.fleet.yml"
+    path.write_text(yaml.safe_dump(example_data, sort_keys=False))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(path), "--list", "--export"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ansible_env,
+        check=True,
+    )
+    services = json.loads(result.stdout)["all"]["vars"]["wakegrid_services"]
+    addresses = [b["address"] for b in services["api"]["backends"]]
+    assert [a.get("__ansible_unsafe", a) if isinstance(a, dict) else a for a in addresses] == [
+        "192.168.1.21",
+        "192.168.2.21",
+    ]

@@ -119,6 +119,114 @@ def test_task_outcome_and_log():
     with pytest.raises(px.ProxmoxError, match="not a Proxmox VE task id"):
         px.upid_node("OK")
 
+    assert px.task_failed({"status": "stopped", "exitstatus": "unexpected status"})
+    assert px.task_failed({"status": "stopped", "exitstatus": "WARNINGS: many"})
+
+
+# Entries of GET /nodes/{node}/tasks exactly as PVE sends them. Source: pve-manager PVE/API2/Tasks.pm
+# node_tasks (a task of the active list gets ``status => 'RUNNING'`` when it has none; archived ones carry
+# ``endtime`` and the exit status as ``status``, and the token split off by $convert_token_task), with the
+# fields of pve-common src/PVE/UPID.pm decode and src/PVE/INotify.pm read_active_workers (``saved``).
+RUNNING_MIGRATION = {
+    "upid": "UPID:pve1:000B5E4A:0225E8F2:6740A1B2:vzmigrate:201:root@pam!wakegrid:",
+    "node": "pve1",
+    "pid": 745034,
+    "pstart": 36038898,
+    "starttime": 1732288946,
+    "type": "vzmigrate",
+    "id": "201",
+    "user": "root@pam!wakegrid",
+    "saved": "0",
+    "status": "RUNNING",
+}
+FINISHED_START = {
+    "upid": "UPID:pve1:000B5F10:0225F0AA:6740A1D0:vzstart:201:root@pam!wakegrid:",
+    "node": "pve1",
+    "pid": 745232,
+    "pstart": 36040874,
+    "starttime": 1732288976,
+    "type": "vzstart",
+    "id": "201",
+    "user": "root@pam",
+    "tokenid": "wakegrid",
+    "endtime": 1732288978,
+    "status": "OK",
+}
+FAILED_SHUTDOWN = dict(FINISHED_START, upid=FINISHED_START["upid"].replace("vzstart", "vzshutdown"), type="vzshutdown")
+FAILED_SHUTDOWN["status"] = "container did not stop"
+
+
+@pytest.mark.parametrize(
+    ("task", "running"),
+    [
+        (RUNNING_MIGRATION, True),
+        (FINISHED_START, False),
+        (FAILED_SHUTDOWN, False),
+        ({**FINISHED_START, "status": "WARNINGS: 1"}, False),
+    ],
+)
+def test_task_list_entries_running_or_finished(task, running):
+    assert px.task_running(task) is running
+
+
+class _TaskListApi:
+    """PVE's answers to GET /nodes and GET /nodes/{node}/tasks, in proxmoxer's call shape (no PVE runs here)."""
+
+    def __init__(self, nodes, tasks):
+        self._nodes, self._tasks, self.queries = nodes, tasks, []
+
+    @property
+    def nodes(self):
+        api = self
+
+        class Nodes:
+            def get(self):
+                return api._nodes
+
+            def __call__(self, node):
+                def tasks(**params):
+                    api.queries.append((node, params))
+                    return api._tasks[node]
+
+                return type("Node", (), {"tasks": type("Tasks", (), {"get": staticmethod(tasks)})})()
+
+        return Nodes()
+
+
+def test_active_tasks_keeps_the_running_tasks_pve_lists():
+    client = px.ProxmoxClient.__new__(px.ProxmoxClient)  # no connection: only the task listing is under test
+    client.endpoint, client.identity = "https://pve1:8006", "API token root@pam!wakegrid"
+    client.api = _TaskListApi(
+        [{"node": "pve1", "status": "online"}, {"node": "pve2", "status": "offline"}],
+        {"pve1": [RUNNING_MIGRATION, FINISHED_START, FAILED_SHUTDOWN]},
+    )
+    assert client.active_tasks(201) == [RUNNING_MIGRATION]  # a guest mid-migration is busy
+    assert client.api.queries == [("pve1", {"source": "active", "vmid": 201})]  # an offline node is not asked
+    assert client.active_tasks(202) == []
+
+
+def test_live_status_replaces_the_broadcast_one():
+    """/cluster/resources has pvestatd's last broadcast (pve-manager PVE/API2/Cluster.pm resources and
+    PVE/API2Tools.pm extract_vm_stats: without one, only id/vmid/node/type and status "unknown")."""
+    resources = [
+        resource(201, "jellyfin", status="stopped", uptime=0),  # started a second ago
+        {"id": "lxc/203", "vmid": 203, "node": "pve1", "type": "lxc", "status": "unknown"},  # not broadcast yet
+        resource(202, "web", node="pve2", status="running", uptime=900),  # pve2 powered off 2 minutes ago
+        {"id": "node/pve1", "type": "node", "node": "pve1"},
+    ]
+    nodes = [{"node": "pve1", "status": "online"}, {"node": "pve2", "status": "offline"}]
+    listings = {
+        "pve1": [
+            {"vmid": 201, "name": "jellyfin", "status": "running", "uptime": 1, "pid": 4242},
+            {"vmid": 203, "name": "web", "status": "stopped", "uptime": 0},
+        ]
+    }
+    merged = {r["id"]: r for r in px.with_live_status(resources, nodes, listings)}
+    assert (merged["lxc/201"]["status"], merged["lxc/201"]["uptime"]) == ("running", 1)
+    assert (merged["lxc/203"]["status"], merged["lxc/203"]["name"]) == ("stopped", "web")
+    assert merged["lxc/202"]["status"] == "unknown" and merged["node/pve1"] == resources[3]
+    assert resources[0]["status"] == "stopped"  # the input is left as it was
+
 
 def test_tags():
     assert px.split_tags("media;video") == ["media", "video"]

@@ -217,3 +217,32 @@ def test_wait_with_a_real_clock_and_a_listener_that_appears_later():
         listener.close()
     assert answered
     assert 0.35 <= elapsed < 3
+
+
+def test_resends_every_interval_while_unanswered_and_never_after_the_answer():
+    clock = FakeClock()
+    sent = []
+    resend = wol.Resender(lambda: sent.append(round(clock.now - 100, 6)), interval=2, count=10, clock=clock)
+
+    def probe(limit):
+        return clock.now - 100 >= 5, "refused"  # the machine answers from t=5
+
+    answered, _, _ = wol.wait_until_answers(probe, timeout=30, sleep=1, clock=clock, pause=clock.pause, between=resend)
+    assert answered
+    assert sent == [2, 4]  # the first packet went at 0; none after the answer at 5
+    assert resend.sent == 3
+
+
+def test_resends_stop_at_the_count_and_zero_interval_sends_none():
+    for interval, count, expected in ((1, 2, [1, 2]), (0, 5, [])):
+        clock = FakeClock()
+        sent: list[float] = []
+
+        def send(sent=sent, clock=clock):
+            sent.append(round(clock.now - 100, 6))
+
+        resend = wol.Resender(send, interval, count, clock=clock)
+        wol.wait_until_answers(
+            lambda limit: (False, "refused"), timeout=10, sleep=1, clock=clock, pause=clock.pause, between=resend
+        )
+        assert sent == expected

@@ -190,6 +190,7 @@ def test_interface_update_sets_owned_keys_and_keeps_the_others():
     assert (section.get("ListenPort"), section.get("MTU")) == ("51821", "1380")
     assert section.values("PostUp") == [
         "wg set %i private-key /etc/wireguard/wg0.key",
+        wg.HANDSHAKE_POSTUP,
         "iptables -A FORWARD -i %i -j ACCEPT",
     ]
     assert section.get("DNS") == "10.200.0.53"
@@ -209,7 +210,25 @@ def test_interface_update_moves_an_inline_key_out_and_is_idempotent():
 
 def test_interface_update_quotes_a_key_path_for_wg_quick():
     config = wg.interface_section_update(wg.parse_config(""), [], None, None, "/etc/wire guard/wg0.key")
-    assert config.interface.get("PostUp") == "wg set %i private-key '/etc/wire guard/wg0.key'"
+    assert config.interface.values("PostUp")[0] == "wg set %i private-key '/etc/wire guard/wg0.key'"
+
+
+def test_a_file_of_an_earlier_release_gains_the_handshake_right_after_the_key_once():
+    earlier = "[Interface]\nAddress = 10.0.0.1/24\nPostUp = wg set %i private-key /k\nPostUp = echo up\n"
+    config = wg.interface_section_update(wg.parse_config(earlier), None, None, None, "/k")
+    once = wg.new_config_text(config)
+    post_up = wg.parse_config(once).interface.values("PostUp")
+    assert post_up == ["wg set %i private-key /k", wg.HANDSHAKE_POSTUP, "echo up"]
+    again = wg.interface_section_update(wg.parse_config(once), None, None, None, "/k")
+    assert wg.new_config_text(again) == once
+
+
+def test_the_handshake_line_survives_wg_quick_parsing():
+    # wg-quick drops everything after a '#' and splits key and value at the first '='
+    config = wg.interface_section_update(wg.parse_config(""), [], None, None, "/k")
+    line = next(line for line in config.interface.lines if wg.HANDSHAKE_POSTUP in line)
+    assert "#" not in line and line.split("=", 1)[1].strip() == wg.HANDSHAKE_POSTUP
+    assert "%i" in wg.HANDSHAKE_POSTUP  # wg-quick puts the interface name there
 
 
 # --- config file: peer sections ----------------------------------------------------------
@@ -275,6 +294,16 @@ def test_removing_a_peer_keeps_the_other_peers_and_comments():
     assert text.endswith(HAND_WRITTEN[HAND_WRITTEN.index("# Thory") :])
     assert "\n\n\n" not in text
     assert wg.remove_peer(config, name="pi-dijon") == []
+
+
+def test_managed_peers_are_the_marked_sections_only():
+    config = wg.parse_config(HAND_WRITTEN)
+    wg.upsert_peer(config, _section("vps", PUB_A, ["10.200.0.7/16", "fd00::/64"]), "vps", PUB_A)
+    assert wg.managed_peers(config) == [
+        {"name": "pi-dijon", "public_key": PUB_B, "allowed_ips": ["10.200.1.0/24"]},
+        {"name": "vps", "public_key": PUB_A, "allowed_ips": ["10.200.0.0/16", "fd00::/64"]},
+    ]  # thory's section, written by hand, is not ours to list (nor to remove)
+    assert wg.managed_peers(wg.parse_config("")) == []
 
 
 def test_public_view_shows_only_whether_a_preshared_key_is_set():

@@ -227,9 +227,13 @@ class Lab:
         from wakegrid.lab import pve
 
         token = Path(self.plan.pve_token_file or "").read_text().strip()
+        votes = dict(cluster.votes)
         pve.init_cluster(
-            cluster.directory, cluster.name, {n: {"ip": ip, "port": 8006} for n, ip in cluster.nodes},
+            cluster.directory, cluster.name,
+            {n: {"ip": ip, "port": 8006, "votes": votes.get(n, 1)} for n, ip in cluster.nodes},
             tokens=dict.fromkeys(cluster.token_ids, token),
+            qdevice={"ip": cluster.qdevice[0], "port": cluster.qdevice[1], "votes": 1} if cluster.qdevice else None,
+            expected_votes=cluster.expected_votes,
         )
 
     def _register_guests(self, cluster: topo.PveClusterPlan) -> None:
@@ -245,6 +249,12 @@ class Lab:
     def _resolved_files(self, host: topo.HostPlan) -> dict[str, str]:
         files = {}
         for f in host.files:
+            package = resources.files("wakegrid.lab").joinpath(f.resource) if f.resource else None
+            if package is not None and package.is_dir():  # a package: its modules, run as a directory
+                for module in sorted(package.iterdir(), key=lambda m: m.name):
+                    if module.name.endswith(".py") and module.is_file():
+                        files[f"{f.path}/{module.name}"] = module.read_text()
+                continue
             files[f.path] = _resource(f.resource) if f.resource else f.content
         return files
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wakegrid import quorum
 from wakegrid.lab import dind
 from wakegrid.model import Fleet, parse_duration
 
@@ -274,8 +275,9 @@ class Attachment:
 class FilePlan:
     """A file put into a container before its first start.
 
-    ``resource`` names a file shipped in :mod:`wakegrid.lab` (``files/app.py``,
-    ``pve.py``…) that the shell reads; otherwise ``content`` is the text.
+    ``resource`` names a file shipped in :mod:`wakegrid.lab` (``files/app.py``…) that the
+    shell reads, or a package (``pve``) that it copies as the directory of its modules;
+    otherwise ``content`` is the text.
     """
 
     path: str
@@ -356,6 +358,10 @@ class PveClusterPlan:
     nodes: tuple[tuple[str, str], ...]  # (PVE node name, address)
     token_ids: tuple[str, ...]
     guests: tuple[PveGuestPlan, ...]
+    # Quorum from the fleet's arrangement: votes per PVE node, the QDevice's (address, port), expected votes.
+    votes: tuple[tuple[str, int], ...] = ()
+    qdevice: tuple[str, int] | None = None
+    expected_votes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -453,10 +459,17 @@ def plan_lab(
             PveGuestPlan(n, nd.vmid or 0, "lxc" if nd.kind == "lxc" else "qemu", pve_name[nd.parent], cname(n))
             for n, nd in fleet.nodes.items() if nd.kind in ("vm", "lxc") and nd.parent in pve
         )
+        arrangement = quorum.arrangement(fleet, next(iter(pve)))
+        qdevice = arrangement.qdevice if arrangement else None
         clusters.append(PveClusterPlan(
             site=site_name, name=f"{cfg.name}-{site_name}", directory=f"{cfg.state_dir}/pve/{site_name}",
             hosts=tuple(pve), nodes=tuple((pve_name[n], str(node.address)) for n, node in pve.items()),
             token_ids=tuple(dict.fromkeys(node.proxmox.token_id for node in pve.values())), guests=guests,
+            votes=tuple((pve_name[n], node.proxmox.votes) for n, node in pve.items()),
+            # The lab runs no corosync-qnetd: the QDevice host's sshd (port 22) stands in for it.
+            qdevice=(str(fleet.nodes[qdevice].address), 22) if qdevice and fleet.nodes[qdevice].address else None,
+            expected_votes=fleet.clusters[arrangement.cluster].expected_votes
+            if arrangement and arrangement.cluster in fleet.clusters else None,
         ))
     cluster_of = {h: c for c in clusters for h in c.hosts}
 
@@ -523,7 +536,7 @@ def plan_lab(
             cluster = cluster_of[name]
             binds += [(DOCKER_SOCKET, DOCKER_SOCKET, "rw"), (cluster.directory, "/etc/pve", "rw")]
             files += [
-                FilePlan(f"{OPT}/pve.py", resource="pve.py"),
+                FilePlan(f"{OPT}/pve", resource="pve"),
                 FilePlan(f"{OPT}/engine.py", resource="engine.py"),
                 FilePlan(f"{ETC}/pve.env", _pve_env(fleet, name)),
                 _unit_file("wakegrid-lab-pve.service"),

@@ -1,45 +1,72 @@
-"""Observe which fleet nodes are up, right now, through the channels that control them.
+"""Observe the power of fleet nodes, right now, through the channels that control them.
 
-The observation follows the hosting tree, top-down, as the control model does:
+Power is three-valued: ``up``, ``down`` or ``unknown``, always with how it was found
+(for ``unknown``, why it could not be). **Unknown is not down**: the planner never
+stops anything an unknown node could need. The observation follows the hosting tree,
+top-down, as the control model does:
 
-- a **machine** is up when its SSH port accepts a TCP connection (a short timeout:
-  a sleeping machine does not answer at all, a booting one refuses);
-- a **vm / lxc** is up when the Proxmox API of its parent reports it ``running``
-  (one ``/cluster/resources`` call per Proxmox API);
-- a **container** is up when the Docker API of its parent reports it ``running``
-  (one container list per Docker API);
-- a node whose parent is down is down, without asking anything.
+- a **machine** is up when its SSH port accepts a TCP connection; down when nothing
+  answers within a short timeout (a sleeping machine does not answer at all) or the
+  host is unreachable; unknown when it refuses (something runs there: booting or
+  shutting down), when the network cannot be reached, or when it has no address;
+- a **vm / lxc** is up or down as the Proxmox API of its parent reports it
+  (``running`` / ``stopped``), from the parent node's own guest lists
+  (``/nodes/{node}/qemu`` and ``/lxc``: live, where ``/cluster/resources`` has
+  pvestatd's last broadcast, up to 10 s old, and keeps a powered-off node's for
+  5 minutes); unknown when that API does not answer, its token cannot be read,
+  or it reports another status;
+- a **container** likewise from the Docker API of its parent (``running`` /
+  ``exited``, ``created``, ``dead``; unknown for ``paused``, ``restarting``, … and
+  when the API does not answer);
+- a node whose parent is down is down, one whose parent is unknown is unknown,
+  without asking anything.
 
 Each phase probes in parallel; :func:`nodes_to_observe` keeps the probing to the
 nodes a start or stop plan of one node can depend on. Everything here is I/O at
-the edge of the pure planner (:mod:`wakegrid.graph`), which takes the set of nodes
-that are up.
+the edge of the pure planner (:mod:`wakegrid.graph`), which takes the nodes that
+are up (:func:`up_nodes`) and those whose power is unknown, with why
+(:func:`unknown_nodes`).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import ssl
+import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from wakegrid.model import Fleet
+from wakegrid.graph import Power
+from wakegrid.model import DockerApi, Fleet
 
 DEFAULT_TIMEOUT = 1.0  # a TCP probe: a sleeping machine does not answer at all
 DEFAULT_API_TIMEOUT = 10.0  # a Proxmox or Docker API call (the Proxmox API takes a second or two)
 _PROXMOX_DEFAULT_PORT = 8006
 
 
+# What each API's status means; any other status is unknown.
+_PROXMOX_POWER: dict[str, Power] = {"running": "up", "stopped": "down"}
+_DOCKER_POWER: dict[str, Power] = {"running": "up", "exited": "down", "created": "down", "dead": "down"}
+
+
 @dataclass(frozen=True)
 class PowerState:
-    """Whether a node is up, and how that was found (safe to print: never a secret)."""
+    """A node's power, and how that was found or why it could not be (safe to print: never a secret)."""
 
     node: str
-    up: bool
+    power: Power
     detail: str
+
+    @property
+    def up(self) -> bool:
+        return self.power == "up"
 
 
 class ProbeError(Exception):
@@ -50,9 +77,9 @@ class ProbeError(Exception):
 class Probes:
     """The three ways of looking; tests substitute their own."""
 
-    tcp: Callable[[str, int, float], tuple[bool, str]]
+    tcp: Callable[[str, int, float], tuple[Power, str]]
     proxmox_guests: Callable[[Mapping[str, object], str, float], dict[int, str]]
-    docker_containers: Callable[[str, bool, float], dict[str, str]]
+    docker_containers: Callable[[DockerApi, float], dict[str, str]]
 
 
 # --------------------------------------------------------------------------- which nodes
@@ -139,7 +166,12 @@ def observe_power(
 
 
 def up_nodes(states: Mapping[str, PowerState]) -> set[str]:
-    return {name for name, state in states.items() if state.up}
+    return {name for name, state in states.items() if state.power == "up"}
+
+
+def unknown_nodes(states: Mapping[str, PowerState]) -> dict[str, str]:
+    """The nodes whose power is unknown, each with why: the planner's ``unknown``."""
+    return {name: state.detail for name, state in states.items() if state.power == "unknown"}
 
 
 def _parallel(items: list[str], work: Callable[[str], object]) -> dict:
@@ -160,7 +192,7 @@ def _up_parents(fleet: Fleet, names: list[str], states: Mapping[str, PowerState]
     parents: list[str] = []
     for name in names:
         parent = fleet.nodes[name].parent
-        if parent is not None and parent not in parents and states.get(parent) and states[parent].up:
+        if parent is not None and parent not in parents and parent in states and states[parent].power == "up":
             parents.append(parent)
     return parents
 
@@ -168,10 +200,10 @@ def _up_parents(fleet: Fleet, names: list[str], states: Mapping[str, PowerState]
 def _observe_machine(fleet: Fleet, name: str, probes: Probes, timeout: float) -> PowerState:
     node = fleet.nodes[name]
     if node.address is None:
-        return PowerState(name, False, "no address to probe: counted as down")
+        return PowerState(name, "unknown", "no address to probe")
     port = fleet.ssh_of(name).port
-    up, detail = probes.tcp(node.address, port, timeout)
-    return PowerState(name, up, detail)
+    power, detail = probes.tcp(node.address, port, timeout)
+    return PowerState(name, power, detail)
 
 
 def _proxmox_listing(fleet: Fleet, host: str, secret_of: Callable[[str], str], probes: Probes, timeout: float):
@@ -182,35 +214,43 @@ def _proxmox_listing(fleet: Fleet, host: str, secret_of: Callable[[str], str], p
     except Exception as exc:  # the secret's own error names its source, never its value
         raise ProbeError(f"cannot read the Proxmox token secret of {host}: {exc}") from None
     config = {"api": proxmox.api, "token_id": proxmox.token_id, "verify_tls": proxmox.verify_tls}
+    config["node"] = proxmox.node or host  # the PVE node name defaults to the machine's
     return probes.proxmox_guests(config, secret, timeout)
 
 
 def _docker_listing(fleet: Fleet, host: str, probes: Probes, timeout: float):
     docker = fleet.nodes[host].docker
     assert docker is not None
-    return probes.docker_containers(docker.api, docker.tls, timeout)
+    if urlsplit(docker.api).scheme == "unix":
+        # The socket is on that host, not here: reading our own would describe another Docker.
+        raise ProbeError(f"Docker API of {host} is a unix socket of a remote host: observed through SSH only")
+    return probes.docker_containers(docker, timeout)
 
 
 def _hosted_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], listings: Mapping) -> PowerState:
-    """A guest or container from its parent's listing: down with its host, unknown when the API failed."""
+    """A guest or container from its parent's listing: down with its host, unknown with it or when the API failed."""
     node = fleet.nodes[name]
     parent = node.parent
     assert parent is not None
-    if not states[parent].up:
-        return PowerState(name, False, f"its host {parent} is down")
+    host = states[parent]
+    if host.power == "down":
+        return PowerState(name, "down", f"its host {parent} is down")
+    if host.power == "unknown":
+        return PowerState(name, "unknown", f"its host {parent} is unknown: {host.detail}")
     listing = listings[parent]
     if isinstance(listing, ProbeError):
-        return PowerState(name, False, f"unknown, counted as down: {listing}")
+        return PowerState(name, "unknown", str(listing))
     if node.kind == "container":
         key = node.container or name
-        api, what, missing = "Docker", f"container {key}", f"has no container {key}"
+        api, what, missing, meaning = "Docker", f"container {key}", f"has no container {key}", _DOCKER_POWER
     else:
         key = node.vmid
-        api, what, missing = "Proxmox", f"{node.kind} {key}", f"does not know {node.kind} {key}"
+        what = f"{node.kind} {key}"
+        api, missing, meaning = "Proxmox", f"does not know {what}", _PROXMOX_POWER
     status = listing.get(key)
-    if status is None:
-        return PowerState(name, False, f"{api} API of {parent} {missing}")
-    return PowerState(name, status == "running", f"{api} API of {parent}: {what} {status}")
+    if status is None:  # the API answered: it does not exist there, so it does not run
+        return PowerState(name, "down", f"{api} API of {parent} {missing}")
+    return PowerState(name, meaning.get(status, "unknown"), f"{api} API of {parent}: {what} {status}")
 
 
 # --------------------------------------------------------------------------- the real probes
@@ -220,22 +260,34 @@ def default_probes() -> Probes:
     return Probes(tcp=tcp_probe, proxmox_guests=proxmox_guests, docker_containers=docker_containers)
 
 
-def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """Does ``host:port`` accept a TCP connection within ``timeout`` seconds?"""
+def tcp_probe(host: str, port: int, timeout: float) -> tuple[Power, str]:
+    """A machine's power from its SSH port: does ``host:port`` accept a TCP connection within ``timeout``?
+
+    Silence and "host unreachable" (no ARP answer on its LAN) are a machine that sleeps:
+    down. A refusal means something runs there (booting, shutting down, or sshd stopped),
+    and any other error (no route to the network, a name that does not resolve) says
+    nothing about the machine: unknown.
+    """
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return True, f"SSH port {where} accepts connections"
+            return "up", f"SSH port {where} accepts connections"
     except TimeoutError:
-        return False, f"no answer on {where} within {timeout:g}s"
+        return "down", f"no answer on {where} within {timeout:g}s"
     except ConnectionRefusedError:
-        return False, f"{where} refuses connections (booting or shutting down)"
+        return "unknown", f"{where} refuses connections (booting or shutting down)"
     except OSError as exc:
-        return False, f"no answer on {where}: {exc.strerror or exc}"
+        if exc.errno == errno.EHOSTUNREACH:
+            return "down", f"no answer on {where}: {exc.strerror or exc}"
+        return "unknown", f"cannot probe {where}: {exc.strerror or exc}"
 
 
 def proxmox_guests(config: Mapping[str, object], secret: str, timeout: float) -> dict[int, str]:
-    """``{vmid: status}`` of every guest of the cluster behind one Proxmox API."""
+    """``{vmid: status}`` of the guests on one node (``config["node"]``), as that node sees them now.
+
+    Not /cluster/resources: its status is the last broadcast of each node's pvestatd (pve-manager
+    PVE/API2/Cluster.pm, PVE/API2Tools.pm extract_vm_stats), seconds behind a start or a stop.
+    """
     from proxmoxer import ProxmoxAPI  # imported on use: the planner does not need it
 
     api = str(config["api"])
@@ -255,29 +307,86 @@ def proxmox_guests(config: Mapping[str, object], secret: str, timeout: float) ->
                 timeout=timeout,
                 service="PVE",
             )
-            resources = client.cluster.resources.get(type="vm")
+            node = client.nodes(str(config["node"]))
+            guests = [*(node.qemu.get() or []), *(node.lxc.get() or [])]
     except Exception as exc:  # requests, proxmoxer and TLS errors; none carries the token
         raise ProbeError(f"Proxmox API {api} did not answer: {_short(exc)}") from None
-    return {int(guest["vmid"]): str(guest.get("status", "unknown")) for guest in resources or []}
+    return {int(guest["vmid"]): str(guest.get("status", "unknown")) for guest in guests}
 
 
-def docker_containers(api: str, tls: bool, timeout: float) -> dict[str, str]:
+def docker_containers(api: DockerApi, timeout: float) -> dict[str, str]:
     """``{name: state}`` of every container of one Docker API (``running``, ``exited``, …)."""
     import docker  # imported on use
 
     try:
-        client = docker.APIClient(base_url=api, tls=tls, timeout=max(1, round(timeout)), version="auto")
-        try:
-            listing = client.containers(all=True)
-        finally:
-            client.close()
-    except Exception as exc:
-        raise ProbeError(f"Docker API {api} did not answer: {_short(exc)}") from None
+        with _docker_tls(api) as tls, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning when tls_verify is off
+            explicit = tls and (not tls.verify or tls.ca_cert)
+            client_class = _explicit_tls(docker.APIClient) if explicit else docker.APIClient
+            client = client_class(base_url=api.api, tls=tls, timeout=max(1, round(timeout)), version="auto")
+            try:
+                listing = client.containers(all=True)
+            finally:
+                client.close()
+    except Exception as exc:  # requests, SDK and TLS errors; none carries the key
+        refused = _certificate_error(exc)
+        if refused is not None:
+            raise ProbeError(f"Docker API {api.api} failed TLS verification: {refused}") from None
+        raise ProbeError(f"Docker API {api.api} did not answer: {_short(exc)}") from None
     states: dict[str, str] = {}
     for container in listing:
         for name in container.get("Names") or []:
             states[name.lstrip("/")] = str(container.get("State", "unknown"))
     return states
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The certificate check that failed somewhere in the chain the SDK and requests wrap it in."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {current.verify_message}"
+        todo.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return None
+
+
+def _explicit_tls(base: type) -> type:
+    """The API client class that verifies as the fleet says: with its ``ca`` only, or not at all.
+
+    requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace a session's ``verify`` (psf/requests
+    issue 3829): the fleet's CA must not be swapped for the system's, nor tls_verify: false turned
+    into a check against them. (A factory: docker is imported on use.)
+    """
+    return type("ExplicitTLSClient", (base,), {"trust_env": property(lambda self: False, lambda self, value: None)})
+
+
+@contextmanager
+def _docker_tls(api: DockerApi) -> Iterator[Any]:
+    """The SDK's TLSConfig for the fleet's settings (False without TLS), as the modules build it."""
+    if not (api.tls or api.api.startswith("https://")):
+        yield False
+        return
+    from docker.tls import TLSConfig
+
+    with tempfile.TemporaryDirectory(prefix="wakegrid-docker-") as private:
+        key = None
+        if api.key is not None:
+            key = api.key.file
+            if key is None:  # the SDK reads the key from a file at each connection
+                key = os.path.join(private, "key.pem")
+                fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(api.key.reveal().strip() + "\n")
+        yield TLSConfig(
+            client_cert=(api.cert, os.path.expanduser(key)) if api.cert and key else None,
+            ca_cert=api.ca if api.tls_verify else None,
+            verify=api.tls_verify,
+        )
 
 
 def _short(exc: BaseException) -> str:
@@ -295,5 +404,6 @@ __all__ = [
     "observe_power",
     "proxmox_guests",
     "tcp_probe",
+    "unknown_nodes",
     "up_nodes",
 ]

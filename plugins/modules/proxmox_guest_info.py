@@ -10,13 +10,16 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
-module: proxmox_discover
+module: proxmox_guest_info
 short_description: Discover the guests of a Proxmox VE cluster and pre-fill fleet entries for new ones
 version_added: 0.1.0
 description:
   - Lists every virtual machine and container of a Proxmox VE host or cluster
     (C(GET /cluster/resources?type=vm)) with its ID, name, type, node, status, memory, CPUs,
     tags and uptime.
+  - The status and uptime come from each online node's own guest lists
+    (C(GET /nodes/{node}/qemu) and C(/lxc)), which are current, where C(/cluster/resources) reports
+    the last status broadcast of each node, up to about 10 seconds old.
   - Marks each guest as configured in the fleet or as discovered but not configured, given the
     fleet's known guests (O(known_vmids) and/or O(fleet_nodes)).
   - For each guest that is not configured, returns a pre-filled fleet C(nodes) entry
@@ -78,7 +81,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Discover the guests of a cluster, given the vmids the fleet knows
-  wakegrid.fleet.proxmox_discover:
+  wakegrid.fleet.proxmox_guest_info:
     api_host: 192.168.1.2
     api_token_id: root@pam!wakegrid
     api_token_secret: "{{ vault_pve_token_secret }}"
@@ -91,7 +94,7 @@ EXAMPLES = r"""
     msg: "{{ discovered.unconfigured | length }} guests to configure: {{ discovered.unconfigured | to_nice_yaml }}"
 
 - name: Discover against the whole fleet file, with fleet machines as parents
-  wakegrid.fleet.proxmox_discover:
+  wakegrid.fleet.proxmox_guest_info:
     api_host: 192.168.1.2
     api_token_id: root@pam!wakegrid
     api_token_secret: "{{ vault_pve_token_secret }}"
@@ -222,6 +225,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.proxmox import (
     classify_guests,
     fleet_parents,
     proxmox_argument_spec,
+    with_live_status,
 )
 from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import fleet_secret_values
 
@@ -236,6 +240,12 @@ def discover(client, params):
                 "node %r is not in this cluster (nodes: %s)" % (params["node"], ", ".join(sorted(node_names)))
             )
         resources = [r for r in resources if r.get("node") == params["node"]]
+    listings = dict(
+        (n["node"], client.node_guests(n["node"]))
+        for n in nodes
+        if n.get("status") == "online" and params["node"] in (None, n["node"])
+    )
+    resources = with_live_status(resources, nodes, listings)
     found = classify_guests(resources, node_names, params["known_vmids"], params["fleet_nodes"])
     parents = fleet_parents(params["fleet_nodes"])
     configured = sum(1 for g in found["guests"] if g["configured"])

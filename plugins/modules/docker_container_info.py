@@ -10,7 +10,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
-module: docker_discover
+module: docker_container_info
 short_description: Discover the containers of a Docker host and pre-fill fleet entries for new ones
 version_added: 0.1.0
 description:
@@ -74,7 +74,7 @@ notes:
     fleet reserves for groups) by appending O(parent).
 seealso:
   - module: wakegrid.fleet.docker_container_power
-  - module: wakegrid.fleet.proxmox_discover
+  - module: wakegrid.fleet.proxmox_guest_info
   - module: community.docker.docker_host_info
   - name: Fleet file schema
     description: The C(nodes) entries this module pre-fills.
@@ -83,7 +83,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Discover the containers of vm-docker, given those the fleet knows
-  wakegrid.fleet.docker_discover:
+  wakegrid.fleet.docker_container_info:
     docker_host: tcp://192.168.1.21:2375
     parent: vm-docker
     known_containers: [sandbox]
@@ -94,7 +94,7 @@ EXAMPLES = r"""
     msg: "{{ discovered.unconfigured | length }} containers to configure: {{ discovered.unconfigured | to_nice_yaml }}"
 
 - name: Discover against the whole fleet file
-  wakegrid.fleet.docker_discover:
+  wakegrid.fleet.docker_container_info:
     docker_host: tcp://192.168.1.21:2375
     parent: vm-docker
     fleet_nodes: "{{ (lookup('ansible.builtin.file', 'inventories/prod/home.fleet.yml') | from_yaml).nodes }}"
@@ -185,9 +185,10 @@ counts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
-    DOCKER_REQUIRED_TOGETHER,
+    DOCKER_MUTUALLY_EXCLUSIVE,
     DockerApiError,
     DockerException,
+    RequestException,
     check_sdk,
     connect,
     container_name,
@@ -277,18 +278,20 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        required_together=DOCKER_REQUIRED_TOGETHER,
+        mutually_exclusive=DOCKER_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
     # A fleet's nodes may carry inline secrets: hide them from the result and the echoed arguments.
     module.no_log_values.update(fleet_secret_values(module.params["fleet_nodes"]))
     check_sdk(module)
     try:
-        result = discover(connect(module.params), module.params)
+        result = discover(connect(module.params, module.add_cleanup_file), module.params)
     except DockerApiError as exc:
         module.fail_json(msg=exc.msg, **exc.result)
     except DockerException as exc:
         module.fail_json(msg="Docker API error on %s: %s" % (module.params["docker_host"], exc))
+    except (RequestException, OSError) as exc:  # the API went away after answering
+        module.fail_json(msg="lost the connection to the Docker API at %s: %s" % (module.params["docker_host"], exc))
     module.exit_json(**result)
 
 
