@@ -99,7 +99,14 @@ notes:
     is added.
   - Hosts of kind V(container) have no SSH; tasks reach them through the Docker API of their parent
     with the C(community.docker.docker_api) connection (from the C(community.docker) collection),
-    which this plugin sets up (C(ansible_connection), C(ansible_host), C(ansible_docker_docker_host)).
+    which this plugin sets up (C(ansible_connection), C(ansible_host), C(ansible_docker_docker_host),
+    and the TLS variables C(ansible_docker_tls), C(ansible_docker_validate_certs), C(ansible_docker_ca_path),
+    C(ansible_docker_client_cert), C(ansible_docker_client_key) when the fleet's Docker API uses TLS; a client
+    key is passed only when the fleet gives it as a C(file)).
+  - A C(unix://) Docker API is a socket on the parent host, not on the controller, so its containers
+    are reached with C(ssh://USER@ADDRESS:PORT) of the parent (the Docker SDK's SSH transport, which
+    needs C(paramiko) on the controller and the C(docker) CLI on the parent), never through the
+    controller's own socket.
   - Strings taken from the fleet file are not trusted as templates, so a C({{ }}) in a name or an
     inline secret is never rendered. Only the secret lookups this plugin writes are.
   - Enable this plugin by name (C([inventory] enable_plugins = wakegrid.fleet.fleet, host_list, ini)
@@ -372,8 +379,8 @@ class FleetVariables:
             variables.update({
                 'ansible_connection': 'community.docker.docker_api',
                 'ansible_host': node.container or name,
-                'ansible_docker_docker_host': host_docker.api,
             })
+            variables.update(self.docker_connection(node.parent, host_docker))
         else:
             if node.address is not None:
                 variables['ansible_host'] = node.address
@@ -432,6 +439,33 @@ class FleetVariables:
             'interface': wol.interface,
             'secureon': self.secret(wol.secureon),
         }
+
+    def docker_connection(self, host, docker):
+        """The docker_api connection variables that reach the Docker API of ``host``.
+
+        A unix:// socket lives on its host, not on the controller: it is reached over SSH
+        (ssh://, which community.docker's connection supports through paramiko), never through
+        the controller's own socket. TLS settings follow the fleet; a client key is passed only
+        as a file (the connection plugin takes a path, and a secret value is never written out).
+        """
+        if docker.api.startswith('unix://'):
+            node = self.fleet.nodes[host]
+            ssh = self.fleet.ssh_of(host)
+            address = node.address or host
+            if ':' in address:
+                address = '[%s]' % address
+            user = '%s@' % ssh.user if ssh.user else ''
+            return {'ansible_docker_docker_host': 'ssh://%s%s:%d' % (user, address, ssh.port)}
+        variables = {'ansible_docker_docker_host': docker.api}
+        if docker.tls:
+            variables.update({'ansible_docker_tls': True, 'ansible_docker_validate_certs': docker.tls_verify})
+            if docker.ca is not None:
+                variables['ansible_docker_ca_path'] = str(docker.ca)
+            if docker.cert is not None:
+                variables['ansible_docker_client_cert'] = str(docker.cert)
+            if docker.key is not None and docker.key.file is not None:
+                variables['ansible_docker_client_key'] = docker.key.file
+        return variables
 
     def docker(self, docker):
         if docker is None:

@@ -573,3 +573,46 @@ def test_a_syntax_error_next_to_an_inline_secret_does_not_print_it(ansible_env: 
         assert result.returncode != 0
         assert f"{source}:{secret_line + 1}: invalid YAML" in result.stderr
         assert marker not in result.stdout + result.stderr
+
+
+def test_containers_of_a_remote_unix_socket_or_a_tls_api_are_reached_where_the_api_is(tmp_path, ansible_env):
+    """A unix:// socket is on its host: reached over SSH, never through the controller's own socket."""
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "cert.pem").write_text("cert")
+    (tmp_path / "key.pem").write_text("key")
+    fleet = tmp_path / "docker.fleet.yml"
+    fleet.write_text(
+        textwrap.dedent(
+            """\
+            plugin: wakegrid.fleet.fleet
+            edge: {host: vps, domain: example.net, address: 203.0.113.1,
+                   wireguard: {address: 10.200.0.1/24, endpoint: "vps.example.net:51820"}}
+            sites:
+              home: {gateway: pi, wireguard: {address: 10.200.1.1/24}}
+            defaults: {ssh: {user: admin, port: 2222}}
+            nodes:
+              pi: {kind: machine, site: home, address: 192.168.1.2, docker: {api: "unix:///var/run/docker.sock"}}
+              nuc:
+                kind: machine
+                site: home
+                address: 192.168.1.3
+                docker: {api: "tcp://192.168.1.3:2376", tls: true, ca: ca.pem, cert: cert.pem, key: {file: key.pem}}
+              pihole: {kind: container, parent: pi}
+              db: {kind: container, parent: nuc}
+            """
+        )
+    )
+    listing = subprocess.run(
+        ["ansible-inventory", "-i", str(fleet), "--list"], capture_output=True, text=True, env=ansible_env, check=True
+    )
+    hostvars = plain(json.loads(listing.stdout))["_meta"]["hostvars"]
+    assert hostvars["pihole"]["ansible_docker_docker_host"] == "ssh://admin@192.168.1.2:2222"
+    db = {key: value for key, value in hostvars["db"].items() if key.startswith("ansible_docker_")}
+    assert db == {
+        "ansible_docker_docker_host": "tcp://192.168.1.3:2376",
+        "ansible_docker_tls": True,
+        "ansible_docker_validate_certs": True,
+        "ansible_docker_ca_path": str(tmp_path / "ca.pem"),
+        "ansible_docker_client_cert": str(tmp_path / "cert.pem"),
+        "ansible_docker_client_key": str(tmp_path / "key.pem"),
+    }
