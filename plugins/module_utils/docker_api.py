@@ -117,6 +117,20 @@ def check_sdk(module):
         module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMP_ERR)
 
 
+def run_or_fail(module, work):
+    """The result of ``work()``, or the module failed with what went wrong and on which API."""
+    where = module.params["docker_host"]
+    try:
+        return work()
+    except DockerApiError as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
+    except DockerException as exc:
+        module.fail_json(msg="Docker API error on %s: %s" % (where, exc))
+    except (RequestException, OSError) as exc:  # not wrapped by the SDK: the API went away after answering
+        module.fail_json(msg="lost the connection to the Docker API at %s: %s" % (where, exc))
+    return None  # not reached: fail_json exits
+
+
 def _cert_path_default(params, name, filename):
     # As the docker CLI: DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem.
     if params.get(name):

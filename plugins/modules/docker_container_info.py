@@ -186,9 +186,6 @@ counts:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     DOCKER_MUTUALLY_EXCLUSIVE,
-    DockerApiError,
-    DockerException,
-    RequestException,
     check_sdk,
     connect,
     container_name,
@@ -197,6 +194,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     docker_argument_spec,
     health_status,
     inspect_container,
+    run_or_fail,
 )
 from ansible_collections.wakegrid.fleet.plugins.module_utils.fleet_entries import fleet_secret_values, suggest_name
 
@@ -284,14 +282,7 @@ def main():
     # A fleet's nodes may carry inline secrets: hide them from the result and the echoed arguments.
     module.no_log_values.update(fleet_secret_values(module.params["fleet_nodes"]))
     check_sdk(module)
-    try:
-        result = discover(connect(module.params, module.add_cleanup_file), module.params)
-    except DockerApiError as exc:
-        module.fail_json(msg=exc.msg, **exc.result)
-    except DockerException as exc:
-        module.fail_json(msg="Docker API error on %s: %s" % (module.params["docker_host"], exc))
-    except (RequestException, OSError) as exc:  # the API went away after answering
-        module.fail_json(msg="lost the connection to the Docker API at %s: %s" % (module.params["docker_host"], exc))
+    result = run_or_fail(module, lambda: discover(connect(module.params, module.add_cleanup_file), module.params))
     module.exit_json(**result)
 
 

@@ -178,8 +178,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     DOCKER_MUTUALLY_EXCLUSIVE,
     DockerApiError,
-    DockerException,
-    RequestException,
     check_sdk,
     connect,
     container_logs_tail,
@@ -190,6 +188,7 @@ from ansible_collections.wakegrid.fleet.plugins.module_utils.docker_api import (
     health_log,
     health_status,
     inspect_container,
+    run_or_fail,
 )
 
 MIN_UPTIME = 1.0  # seconds a container without a health check must keep running to count as up
@@ -323,14 +322,7 @@ def main():
         supports_check_mode=True,
     )
     check_sdk(module)
-    try:
-        result = run(module)
-    except DockerApiError as exc:
-        module.fail_json(msg=exc.msg, **exc.result)
-    except DockerException as exc:
-        module.fail_json(msg="Docker API error on %s: %s" % (module.params["docker_host"], exc))
-    except (RequestException, OSError) as exc:  # the API went away after answering
-        module.fail_json(msg="lost the connection to the Docker API at %s: %s" % (module.params["docker_host"], exc))
+    result = run_or_fail(module, lambda: run(module))
     module.exit_json(**result)
 
 
