@@ -19,10 +19,11 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # The controller needs Python (venv + headers for any sdist), git, and the lab's parts:
 # Docker Engine, WireGuard (userspace wireguard-go: no kernel module is assumed), debootstrap
 # to build the lab's images without a registry, busybox-static for tiny lab helpers, an SSH
-# client to reach lab hosts, and the usual network tools.
+# client to reach lab hosts, and the usual network tools. Chromium is the browser the waiting-page
+# tests drive through Playwright (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: it never downloads its own).
 PACKAGES=(python3 python3-venv python3-dev gcc git ca-certificates curl openssl
           docker.io wireguard-tools wireguard-go debootstrap busybox-static
-          openssh-client iproute2 iputils-ping)
+          openssh-client iproute2 iputils-ping chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -48,7 +49,7 @@ want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     say "installing the wakegrid package and its test tools into $VENV"
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
     echo "$want" >"$stamp"
 fi
 # Ansible run from this checkout finds the collection through .venv/collections (ansible.cfg).

@@ -22,7 +22,7 @@ try:
     from wakegrid.actuate import plan_data
     from wakegrid.graph import PlanError, start_plan, stop_plan
     from wakegrid.model import FleetError, load_fleet
-    from wakegrid.observe.power import nodes_to_observe, observe_power, unknown_nodes, up_nodes
+    from wakegrid.observe.power import as_observed, nodes_to_observe, observe_power, unknown_nodes, up_nodes
 except ImportError as exc:
     WAKEGRID_IMPORT_ERROR = exc
 else:
@@ -86,6 +86,8 @@ class ActionModule(ActionBase):
             api_timeout=args['api_timeout'],
         )
         up, unknown = up_nodes(states), unknown_nodes(states)
+        # A migrated guest is planned, and acted on, where it runs now, not where the fleet prefers it.
+        fleet = as_observed(fleet, states)
         try:
             if operation == 'start':
                 plan = start_plan(fleet, node, up, unknown=unknown)
@@ -118,15 +120,22 @@ class ActionModule(ActionBase):
         templar = self._templar.copy_with_new_env(available_variables=task_vars)
         secrets = {}
         for name in names:
-            parent = fleet.nodes[name].parent
-            if fleet.nodes[name].kind not in ('vm', 'lxc') or parent in secrets:
+            node = fleet.nodes[name]
+            if node.kind not in ('vm', 'lxc'):
                 continue
-            expression = 'lookup("wakegrid.fleet.fleet_secret", %r, fleet_file=%r)' % (
-                fleet.nodes[parent].proxmox.token_secret.where, fleet_file)
-            try:
-                secrets[parent] = to_text(templar.evaluate_expression(trust_as_template(expression)))
-            except Exception as exc:  # the lookup's error names the fleet path and the source, never a value
-                secrets[parent] = ValueError(to_text(exc))
+            # A guest may run on any machine of its parent's Proxmox cluster (it migrated): the
+            # observer asks them too (wakegrid.observe.power), with their own tokens.
+            cluster = fleet.cluster_of(node.parent)
+            machines = [node.parent] + [m for m in (fleet.cluster_members(cluster) if cluster else ()) if m != node.parent]
+            for machine in machines:
+                if machine in secrets:
+                    continue
+                expression = 'lookup("wakegrid.fleet.fleet_secret", %r, fleet_file=%r)' % (
+                    fleet.nodes[machine].proxmox.token_secret.where, fleet_file)
+                try:
+                    secrets[machine] = to_text(templar.evaluate_expression(trust_as_template(expression)))
+                except Exception as exc:  # the lookup's error names the fleet path and the source, never a value
+                    secrets[machine] = ValueError(to_text(exc))
 
         def secret(machine):
             value = secrets.get(machine) or ValueError('not read')

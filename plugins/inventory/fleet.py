@@ -81,6 +81,14 @@ options:
       - Schema reference in docs/fleet.md.
     type: dict
     default: {}
+  stacks:
+    description:
+      - The Docker stacks (Compose projects) deployed by C(playbooks/deploy_stack.yml), by name, each with
+        its Docker host C(node), its C(compose_file), C(project), C(env_files), C(variables), C(secrets),
+        C(images) (tarballs) and C(backends) (which Compose service backs which fleet service).
+      - Schema reference in docs/fleet.md.
+    type: dict
+    default: {}
   clusters:
     description:
       - The quorum arrangement of Proxmox clusters named by C(nodes.*.proxmox.cluster), each with an
@@ -181,6 +189,7 @@ from ansible.template import trust_as_template
 from ansible.utils.vars import combine_vars
 
 try:
+    from wakegrid.actuate.steps import docker_delegate
     from wakegrid.model import FleetError, Wol, load_fleet
 except ImportError as exc:
     WAKEGRID_IMPORT_ERROR = exc
@@ -302,6 +311,7 @@ class FleetVariables:
             'wakegrid_sites': dict((name, self.site(site)) for name, site in fleet.sites.items()),
             'wakegrid_services': dict((name, self.service(service)) for name, service in fleet.services.items()),
             'wakegrid_dependency_graph': dict((name, fleet.dependencies_of(name)) for name in fleet.nodes),
+            'wakegrid_stacks': dict((name, self.stack(name)) for name in fleet.stacks),
         }
 
     @staticmethod
@@ -337,6 +347,33 @@ class FleetVariables:
                     'tags': list(backend.tags),
                 }
                 for backend in service.backends
+            ],
+        }
+
+    def stack(self, name):
+        """What deploy_stack.yml passes to wakegrid.fleet.docker_stack; secrets as lookups (see secret())."""
+        fleet = self.fleet
+        stack = fleet.stacks[name]
+        node = fleet.nodes[stack.node]
+        return {
+            'node': stack.node,
+            'project': fleet.project_of(name),
+            'compose_file': os.path.normpath(stack.compose_file),
+            'project_src': os.path.dirname(os.path.normpath(stack.compose_file)),
+            'env_files': [os.path.normpath(path) for path in stack.env_files],
+            'variables': dict(stack.variables),
+            'secrets': dict((key, self.secret(value)) for key, value in stack.secrets.items()),
+            'images': [{'src': os.path.normpath(path)} for path in stack.images],
+            # A unix:// socket is reached on its own host (the files are copied there first), the rest from here.
+            'delegate_to': docker_delegate(node.docker.api, stack.node),
+            'backends': [
+                {
+                    'service': backend.service,
+                    'compose_service': backend.compose_service,
+                    'address': node.address,
+                    'port': backend.port,
+                }
+                for backend in stack.backends
             ],
         }
 

@@ -48,6 +48,25 @@ DEFAULTS = {
     # None: no response timeout towards upstreams (Caddy's own default).
     "response_header_timeout": None,
 }
+# The hand-over of a sleepable service's requests to the reconciler (``render_route``'s
+# ``fallback``); docs/caddy.md explains each value.
+FALLBACK_DEFAULTS = {
+    # Longer than the reconciler's hold_timeout (120 s by default), so that Caddy never gives up
+    # on a request the reconciler still holds while the service wakes.
+    "timeout": "150s",
+}
+# Statuses Caddy's reverse_proxy produces itself when no upstream could take a request:
+# 503 "no upstreams available", 502 dial or transport failure, 504 upstream timeout.
+FALLBACK_STATUSES = ("502", "503", "504")
+# Caddy's error messages for a request that never left the edge: every upstream was unavailable,
+# or the connection could not be opened (reverseproxy.DialError carries the dialer's "dial ..."
+# error). Only then is the request body still unread, and the request safe to hand over whatever
+# its method.
+NOT_SENT_ERROR = "^(no upstreams available|dial )"
+# Methods that may be handed over after any of FALLBACK_STATUSES (RFC 9110 safe methods, bodiless).
+SAFE_METHODS = ("GET", "HEAD")
+# The headers of the edge-reconciler contract; any client-sent header under this prefix is dropped.
+WAKE_HEADER_PREFIX = "X-Wakegrid-"
 HEALTH_DEFAULTS = {
     "path": "/",
     "interval": "5s",
@@ -197,10 +216,29 @@ def _merged(defaults, given):
     return merged
 
 
+def check_fallback(fallback):
+    """The fallback settings with defaults filled in, or None; ValueError names what is wrong."""
+    if not fallback:
+        return None
+    merged = _merged(FALLBACK_DEFAULTS, fallback)
+    upstream = merged.get("upstream")
+    host, sep, port = (upstream or "").rpartition(":")
+    if not (isinstance(upstream, str) and sep and host.strip("[]") and port.isdigit()):
+        raise ValueError("fallback.upstream must be the reconciler's host:port (for example "
+                         "127.0.0.1:9380), got %r" % (upstream,))
+    try:
+        timeout = parse_duration(merged["timeout"])
+    except ValueError as exc:
+        raise ValueError("fallback.timeout: %s" % exc)
+    if timeout <= 0:
+        raise ValueError("fallback.timeout must be a positive duration, got %r" % (merged["timeout"],))
+    return merged
+
+
 def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=None,
-                 passive_health=None, try_duration=DEFAULTS["try_duration"],
+                 passive_health=None, try_duration=None,
                  try_interval=DEFAULTS["try_interval"], dial_timeout=DEFAULTS["dial_timeout"],
-                 response_header_timeout=DEFAULTS["response_header_timeout"]):
+                 response_header_timeout=DEFAULTS["response_header_timeout"], fallback=None):
     """Caddy JSON for one service: a host-matched, terminal route around a reverse_proxy.
 
     ``health`` (active checks) is off when None; ``passive_health`` falls back to
@@ -209,9 +247,18 @@ def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=No
     ``response_header_timeout`` (None or empty: none) bounds the wait for an upstream's
     response headers once the request is sent; it must be shorter than a non-zero
     ``try_duration`` for such a request to be retried on another upstream.
+
+    ``fallback`` (``{"upstream": "127.0.0.1:9380", "timeout": "150s"}``, for services that may
+    sleep) hands a request no upstream could take to the reconciler, through the subroute's
+    ``errors`` routes (see ``_fallback_errors``). ``try_duration`` None means 5 s without a
+    fallback; with one, it means one try per upstream and no pause (``retries``): waiting for
+    an upstream that is asleep would only delay the hand-over.
     """
     if not upstreams:
         raise ValueError("a service needs at least one upstream")
+    fallback = check_fallback(fallback)
+    if try_duration is None:
+        try_duration = "0s" if fallback else DEFAULTS["try_duration"]
     check_response_header_timeout(response_header_timeout, try_duration)
     policy, ordered = choose_policy(upstreams, lb_policy)
 
@@ -224,6 +271,11 @@ def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=No
     if parse_duration(try_duration) > 0:
         load_balancing["try_duration"] = try_duration
         load_balancing["try_interval"] = try_interval
+    elif fallback and len(ordered) > 1:
+        # Bounded by count, not time: a failed upstream is still skipped for the next one, but
+        # when none is available Caddy stops at once instead of polling the pool every
+        # try_interval until try_duration ends (LoadBalancing.tryAgain), and the fallback runs.
+        load_balancing["retries"] = len(ordered) - 1
 
     proxy = {
         "handler": "reverse_proxy",
@@ -259,21 +311,22 @@ def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=No
     if health_checks:
         proxy["health_checks"] = health_checks
 
+    routes = []
     if allow:
         # client_ip, not remote_ip: it is the peer address unless the server declares
-        # trusted_proxies, in which case it is the real client behind them.
-        handle = [{
-            "handler": "subroute",
-            "routes": [
-                {
-                    "match": [{"not": [{"client_ip": {"ranges": list(allow)}}]}],
-                    "handle": [{"handler": "static_response", "status_code": 403,
-                                "body": "Forbidden\n"}],
-                    "terminal": True,
-                },
-                {"handle": [proxy]},
-            ],
-        }]
+        # trusted_proxies, in which case it is the real client behind them. A static response,
+        # not an error: a refused client never reaches the fallback either.
+        routes.append({
+            "match": [{"not": [{"client_ip": {"ranges": list(allow)}}]}],
+            "handle": [{"handler": "static_response", "status_code": 403, "body": "Forbidden\n"}],
+            "terminal": True,
+        })
+    routes.append({"handle": [proxy]})
+    if fallback:
+        handle = [{"handler": "subroute", "routes": routes,
+                   "errors": _fallback_errors(name, fallback, dial_timeout)}]
+    elif allow:
+        handle = [{"handler": "subroute", "routes": routes}]
     else:
         handle = [proxy]
 
@@ -283,6 +336,50 @@ def render_route(name, domains, upstreams, lb_policy=AUTO, allow=None, health=No
         "handle": handle,
         "terminal": True,
     }
+
+
+def _fallback_errors(name, fallback, dial_timeout):
+    """The subroute's ``errors`` routes: the hand-over to the reconciler, then the original error.
+
+    * Handed over: a request Caddy's proxy answered 502/503/504 itself, when it is safe to pass
+      on: a GET or HEAD, or any method when the request never left the edge (no upstream
+      available, or the connection could not be opened: its body is still unread). A POST that
+      reached a backend which then failed is not replayed through the reconciler.
+    * The headers of the contract (X-Wakegrid-Service, X-Wakegrid-Client, X-Wakegrid-Error) are
+      set after every client-sent ``X-Wakegrid-*`` header is deleted: a separate ``headers``
+      handler first, because Caddy applies a header op's ``delete`` after its ``set``.
+    * Anything else gets its original status back (the ``error`` handler): without this last
+      route an unmatched error would fall through the subroute's ``next`` (the terminal route's
+      empty handler) and the client would get an empty 200.
+    """
+    statuses = {"{http.error.status_code}": list(FALLBACK_STATUSES)}
+    hand_over = {
+        "match": [
+            {"vars": statuses, "method": list(SAFE_METHODS)},
+            {"vars": statuses, "vars_regexp": {"{http.error.message}": {"pattern": NOT_SENT_ERROR}}},
+        ],
+        "handle": [
+            {"handler": "headers", "request": {"delete": [WAKE_HEADER_PREFIX + "*"]}},
+            {
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": fallback["upstream"]}],
+                # The reconciler holds an API request until the service is up: Caddy must wait
+                # longer than it does. No retries, no health checks: a reconciler that is down
+                # gives a plain 502, never a wait.
+                "transport": {"protocol": "http", "dial_timeout": dial_timeout,
+                              "response_header_timeout": fallback["timeout"]},
+                "headers": {"request": {"set": {
+                    WAKE_HEADER_PREFIX + "Service": [name],
+                    WAKE_HEADER_PREFIX + "Client": ["{http.vars.client_ip}"],
+                    WAKE_HEADER_PREFIX + "Error": ["{http.error.status_code}"],
+                }}},
+            },
+        ],
+        "terminal": True,
+    }
+    keep_error = {"handle": [{"handler": "error", "status_code": "{http.error.status_code}",
+                              "error": "{http.error.message}"}]}
+    return {"routes": [hand_over, keep_error]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -577,3 +577,249 @@ class ProxmoxClient:
                 return None
             self.sleep(min(delay, max(0.0, deadline - self.clock())))
             delay = min(delay * 2, interval)
+
+    # ---- LXC migration
+
+    def lxc_config(self, guest):
+        """GET .../lxc/{vmid}/config on the guest's node: its mount points and their sizes."""
+        return self.call(
+            "read the configuration of %s on node %s" % (guest_label(guest), guest["node"]),
+            self.guest_api(guest).config.get,
+        )
+
+    def migrate_lxc(self, guest, target, **params):
+        """POST .../lxc/{vmid}/migrate on the source node; returns the UPID of the vzmigrate task."""
+        step = "migrate %s from node %s to node %s" % (guest_label(guest), guest["node"], target)
+        return self.call(step, self.guest_api(guest).migrate.post, target=target, **params)
+
+    def task_log_from(self, upid, start):
+        """The task's log lines from line ``start`` (0-based) on, one page (PVE's start/limit paging)."""
+        node = upid_node(upid)
+        step = "read the log of task %s" % upid
+        entries = self.call(step, self.api.nodes(node).tasks(upid).log.get, start=start, limit=TASK_LOG_LIMIT)
+        return log_lines(entries)
+
+    def follow_task(self, upid, on_lines, timeout, interval=0.25):
+        """Poll a task and hand its new log lines to ``on_lines`` as they appear, until it stops.
+
+        Returns the final status, or None after ``timeout`` seconds. The log is read after the
+        status, so the lines a stopped task wrote last are never missed.
+        """
+        deadline = self.clock() + timeout
+        seen = 0
+        while True:
+            status = self.task_status(upid)
+            while True:
+                lines = self.task_log_from(upid, seen)
+                # An empty or unreadable log is one placeholder line (pve-common dump_logfile).
+                if seen == 0 and lines in (["no content"], ["unable to open file - No such file or directory"]):
+                    lines = []
+                if not lines:
+                    break
+                seen += len(lines)
+                on_lines(lines)
+                if len(lines) < TASK_LOG_LIMIT:
+                    break
+            if status.get("status") == "stopped":
+                return status
+            if self.clock() >= deadline:
+                return None
+            self.sleep(interval)
+
+
+# ----------------------------------------------------------------------------------------
+# LXC migration: the guest's volumes, and the migration task's log read as phases
+# ----------------------------------------------------------------------------------------
+
+# The phases of a migration task, in order (pve-guest-common src/PVE/AbstractMigrate.pm ``migrate``
+# runs prepare, phase1, phase3 and final_cleanup; pve-container src/PVE/LXC/Migrate.pm logs them):
+# ``prepare`` until the first line, ``shutdown`` (restart mode), ``copy`` (phase1: the volumes),
+# ``start`` (final_cleanup: unlock and start on the target), then ``done`` or ``failed``.
+MIGRATION_PHASES = ("prepare", "shutdown", "copy", "start", "done", "failed")
+# The overall percentage each phase begins at; the copy fills 10..90 by bytes copied.
+_PHASE_PERCENT = {"prepare": 0, "shutdown": 5, "copy": 10, "start": 90, "done": 100}
+_COPY_SPAN = 80
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MOUNT_KEY = re.compile(r"^(rootfs|mp\d+|unused\d+)$")
+_LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (ERROR: )?(.*)$")
+# dd's progress and summary lines, as pve-storage's storage_migrate logs them (src/PVE/Storage.pm).
+_DD_BYTES = re.compile(r"^(\d+) bytes? (?:\([^)]*\) )?copied, ([\d.]+) s, ([^ ]+ ?[^ ]*)/s$")
+
+
+def parse_size(value):
+    """A PVE disk size (``8G``, ``512M``, ``1048576``) in bytes; None when absent or not a size."""
+    match = re.match(r"^(\d+(?:\.\d+)?)([KMGT]?)$", str(value or "").strip())
+    if not match:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def ct_volumes(config):
+    """The mount points of an LXC configuration (GET .../lxc/{vmid}/config), as a list of dicts.
+
+    Each has ``key`` (rootfs, mpN, unusedN), ``volume``, ``size`` (bytes or None), ``storage`` (None
+    for a bind or device mount), ``type`` (``volume``, ``bind`` or ``device``, as
+    PVE::LXC::Config::classify_mountpoint says) and ``shared``. pve-container's Migrate.pm refuses a
+    bind or device mount point unless it is marked shared.
+    """
+    out = []
+    for key in sorted((config or {}), key=lambda k: (k != "rootfs", k)):
+        if not _MOUNT_KEY.match(key):
+            continue
+        parts = str(config[key]).split(",")
+        options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+        volume = options.pop("volume", None) or parts[0]
+        if volume.startswith("/dev/"):
+            kind = "device"
+        elif volume.startswith("/"):
+            kind = "bind"
+        else:
+            kind = "volume"
+        out.append(
+            {
+                "key": key,
+                "volume": volume,
+                "size": parse_size(options.get("size")),
+                "storage": volume.split(":", 1)[0] if kind == "volume" else None,
+                "type": kind,
+                "shared": options.get("shared") in ("1", "yes", "on", "true"),
+            }
+        )
+    return out
+
+
+def storage_map(target_storage):
+    """O(target_storage) as PVE's C(target-storage) string: a dict {source: target} or one storage name."""
+    if not target_storage:
+        return None
+    if isinstance(target_storage, dict):
+        return ",".join("%s:%s" % (src, dst) for src, dst in sorted(target_storage.items()))
+    return str(target_storage)
+
+
+def mapped_storage(storage, target_storage):
+    """Where a volume of ``storage`` lands for a C(target-storage) value (PVE::JSONSchema::map_id)."""
+    if not target_storage:
+        return storage
+    if isinstance(target_storage, dict):
+        return target_storage.get(storage, target_storage.get("*", storage))
+    return str(target_storage)
+
+
+class MigrationLog:
+    """A migration task's log, fed as it grows, read as phases and percentages.
+
+    ``sizes`` maps each local volume to its size in bytes (from the CT's configuration), so that
+    dd's ``N bytes (...) copied`` lines become a copy percentage. :meth:`feed` returns one event per
+    line that says something: ``{"phase", "percent", "copy_percent", "message", "pve_time"}``, plus
+    ``volume``/``bytes`` for copy lines and ``error`` for errors. ``percent`` never goes down; it
+    is 100 only when the migration finished successfully.
+    """
+
+    def __init__(self, sizes=None):
+        self.sizes = dict(sizes or {})
+        self.phase = "prepare"
+        self.percent = 0
+        self.copied_volumes = []  # volumes reported copied ("volume 'x' is 'y' on the target")
+        self.current_bytes = 0
+        self.found = []
+        self.errors = []
+        self.target_volumes = {}
+
+    @property
+    def total_bytes(self):
+        return sum(size for size in self.sizes.values() if size)
+
+    def copy_percent(self):
+        total = self.total_bytes
+        if not total:
+            return 100 if self.copied_volumes and len(self.copied_volumes) >= len(self.found) else 0
+        done = sum(self.sizes.get(volid) or 0 for volid in self.copied_volumes)
+        return max(0, min(100, int(100 * (done + self.current_bytes) / total)))
+
+    def _advance(self, phase, percent=None):
+        if phase != "failed":
+            self.phase = phase
+            floor = _PHASE_PERCENT.get(phase, self.percent)
+            self.percent = max(self.percent, floor if percent is None else percent)
+        else:
+            self.phase = "failed"
+
+    def feed(self, lines):
+        events = []
+        for line in lines:
+            event = self.feed_line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def feed_line(self, line):
+        text = str(line).rstrip("\n")
+        stamp, error, message = None, False, text.strip()
+        match = _LOG_STAMP.match(text)
+        if match:
+            stamp, error, message = match.group(1), bool(match.group(2)), match.group(3).strip()
+        event = {"message": message, "pve_time": stamp}
+        if message.startswith("TASK ERROR: "):
+            self._advance("failed")
+            event["error"] = message[len("TASK ERROR: ") :]
+        elif message == "TASK OK":
+            return None
+        elif error:
+            self.errors.append(message)
+            event["error"] = message
+            if message.startswith("migration aborted") or message.startswith("migration finished with problems"):
+                self._advance("failed")
+        elif re.match(r"^shutdown CT \d+$", message):
+            self._advance("shutdown")
+        elif message.startswith("starting migration of CT "):
+            self._advance("copy")
+        elif message.startswith("found local volume '"):
+            volid = message.split("'")[1]
+            self.found.append(volid)
+            event["volume"] = volid
+        elif _DD_BYTES.match(message):
+            copied = int(_DD_BYTES.match(message).group(1))
+            # The sender's and the receiver's dd both report; a volume's count only grows.
+            self.current_bytes = max(self.current_bytes, copied)
+            event["bytes"] = copied
+            self._advance("copy", 10 + _COPY_SPAN * self.copy_percent() // 100)
+        elif re.match(r"^volume '[^']+' is '[^']+' on the target$", message):
+            parts = message.split("'")
+            self.copied_volumes.append(parts[1])
+            self.target_volumes[parts[1]] = parts[3]
+            self.current_bytes = 0
+            event["volume"] = parts[1]
+            self._advance("copy", 10 + _COPY_SPAN * self.copy_percent() // 100)
+        elif message == "start final cleanup":
+            self._advance("start")
+        elif message == "start container on target node":
+            self._advance("start", 95)
+        elif message == "start container on source node":
+            event["rollback"] = True
+        elif message.startswith("migration finished successfully"):
+            self._advance("done", 100)
+        elif not message:
+            return None
+        # any other line (a command, LVM's output) is passed on as it is: the phase does not move
+        return self._with_state(event)
+
+    def _with_state(self, event):
+        event.update(phase=self.phase, percent=self.percent, copy_percent=self.copy_percent())
+        return event
+
+
+def migration_error(lines):
+    """PVE's own reason for a failed migration, from its log: the ``migration aborted (...): reason``
+    part (pve-guest-common AbstractMigrate.pm), else the last ``ERROR:`` line, else the task's error."""
+    reason = None
+    for line in lines:
+        match = _LOG_STAMP.match(str(line))
+        if match and match.group(2):
+            message = match.group(3).strip()
+            aborted = re.match(r"^migration aborted \(duration [\d:]+\): (.*)$", message)
+            reason = aborted.group(1) if aborted else (reason or message)
+        elif str(line).startswith("TASK ERROR: ") and reason is None:
+            reason = str(line)[len("TASK ERROR: ") :]
+    return reason

@@ -166,8 +166,11 @@ options:
     description:
       - How long Caddy keeps trying other upstreams for a request whose upstream failed
         (connection refused, dial timeout). V(0s) disables retries.
+      - Unset means V(5s) without O(fallback). With O(fallback), unset means one try per
+        upstream without pause, so that when no upstream is available the request goes to the
+        reconciler at once, instead of waiting O(try_duration) for an upstream that is asleep.
+        Set it explicitly to keep a time-bounded retry loop before the hand-over.
     type: str
-    default: 5s
   try_interval:
     description: Pause between two tries within O(try_duration).
     type: str
@@ -193,6 +196,38 @@ options:
       - Must be shorter than O(try_duration) when retries are on, or no retry could follow.
       - Durations use Go syntax (V(500ms), V(2s), V(1m)).
     type: str
+  fallback:
+    description:
+      - For a service that may sleep (C(on_demand), C(scheduled)), hand the requests no upstream
+        can take to the wakegrid reconciler, which wakes the service and answers them (a waiting
+        page, or the held request's real answer).
+      - A request is handed over when Caddy's proxy itself answers C(503) (no upstream available,
+        all marked unhealthy), C(502) (connection refused or failed) or C(504) (timeout), always
+        for C(GET) and C(HEAD), and for other methods only when the request never reached an
+        upstream (no upstream available, or the connection could not be opened), so its body
+        is intact and it is delivered once. A backend's own error responses are passed on as
+        they are, and while a backend is healthy the reconciler sees no traffic at all.
+      - The method, URI, C(Host) and body are kept. Caddy removes every C(X-Wakegrid-*) header
+        the client sent, then sets C(X-Wakegrid-Service) (O(name)), C(X-Wakegrid-Client) (the
+        connection's peer address) and C(X-Wakegrid-Error) (the status Caddy would have answered).
+      - A client refused by O(allow) gets C(403) and never reaches the reconciler. Other errors
+        keep their status. When the reconciler itself cannot be reached, the client gets C(502).
+      - Unset, no fallback (always-on services, whose failure is a real error).
+    type: dict
+    suboptions:
+      upstream:
+        description:
+          - The reconciler's C(listen) address, V(host:port), normally on the edge itself.
+        type: str
+        required: true
+      timeout:
+        description:
+          - How long Caddy waits for the reconciler's answer (its response headers). Must be
+            longer than the reconciler's C(hold_timeout) (default 120 s), which holds an API
+            request until the service is up.
+          - Durations use Go syntax (V(90s), V(2m30s)).
+        type: str
+        default: 150s
   server:
     description:
       - Name of the Caddy HTTP server (key under C(apps.http.servers)) that holds the route.
@@ -255,6 +290,19 @@ EXAMPLES = r"""
     health:
       path: /healthz
     admin: unix:///run/caddy/admin.sock
+
+- name: A service that sleeps when idle; the reconciler on the edge wakes it on the first request
+  wakegrid.fleet.caddy_service:
+    name: jellyfin
+    domains: [jellyfin.example.org]
+    upstreams:
+      - {dial: "10.200.1.30:8096"}
+    allow: [192.168.0.0/16, 10.200.0.0/16]
+    health:
+      path: /health
+      interval: 2s
+    fallback:
+      upstream: "127.0.0.1:9380"
 
 - name: Remove a service's route
   wakegrid.fleet.caddy_service:
@@ -321,9 +369,12 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible_collections.wakegrid.fleet.plugins.module_utils.caddy import (
     DEFAULT_ADMIN,
     DEFAULT_SERVER,
+    DEFAULTS,
+    FALLBACK_DEFAULTS,
     CaddyAdmin,
     CaddyAPIError,
     CaddyError,
+    check_fallback,
     check_response_header_timeout,
     choose_policy,
     converge,
@@ -370,10 +421,17 @@ def argument_spec():
                 unhealthy_status=dict(type="list", elements="int"),
             ),
         ),
-        try_duration=dict(type="str", default="5s"),
+        try_duration=dict(type="str"),
         try_interval=dict(type="str", default="250ms"),
         dial_timeout=dict(type="str", default="2s"),
         response_header_timeout=dict(type="str"),
+        fallback=dict(
+            type="dict",
+            options=dict(
+                upstream=dict(type="str", required=True),
+                timeout=dict(type="str", default=FALLBACK_DEFAULTS["timeout"]),
+            ),
+        ),
         server=dict(type="str", default=DEFAULT_SERVER),
         listen=dict(type="list", elements="str"),
         admin=dict(type="str", default=DEFAULT_ADMIN),
@@ -403,8 +461,9 @@ def check_params(module):
         except ValueError as exc:
             module.fail_json(msg="allow: %r is not an IP address or CIDR range (%s)"
                                  % (entry, to_text(exc)))
-    durations = [("try_duration", params["try_duration"]), ("try_interval", params["try_interval"]),
-                 ("dial_timeout", params["dial_timeout"])]
+    durations = [("try_interval", params["try_interval"]), ("dial_timeout", params["dial_timeout"])]
+    if params["try_duration"]:
+        durations.append(("try_duration", params["try_duration"]))
     if params["response_header_timeout"]:
         durations.append(("response_header_timeout", params["response_header_timeout"]))
     for group in ("health", "passive_health"):
@@ -417,7 +476,9 @@ def check_params(module):
         except ValueError as exc:
             module.fail_json(msg="%s: %s" % (option, to_text(exc)))
     try:
-        check_response_header_timeout(params["response_header_timeout"], params["try_duration"])
+        fallback = check_fallback(params["fallback"])
+        try_duration = params["try_duration"] or ("0s" if fallback else DEFAULTS["try_duration"])
+        check_response_header_timeout(params["response_header_timeout"], try_duration)
     except ValueError as exc:
         module.fail_json(msg=to_text(exc))
 
@@ -448,6 +509,7 @@ def main():
             try_interval=params["try_interval"],
             dial_timeout=params["dial_timeout"],
             response_header_timeout=params["response_header_timeout"],
+            fallback=params["fallback"],
         )
         result.update(lb_policy=policy, upstreams=ordered)
         if policy == "first" and len(set(u["weight"] for u in upstreams)) > 1:

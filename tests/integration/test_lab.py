@@ -44,8 +44,9 @@ def _ansible_ping(lab, inventory: str, pattern: str = "all") -> subprocess.Compl
     ansible = VENV_BIN / "ansible"
     if not ansible.exists():
         pytest.skip("ansible is not installed next to this python")
-    return lab.run(str(ansible), pattern, "-i", inventory, "-m", "ansible.builtin.ping", "-f", "10",
-                   check=False, timeout=180)
+    return lab.run(
+        str(ansible), pattern, "-i", inventory, "-m", "ansible.builtin.ping", "-f", "10", check=False, timeout=180
+    )
 
 
 def _ssh_hosts(lab) -> list[str]:
@@ -54,8 +55,13 @@ def _ssh_hosts(lab) -> list[str]:
 
 def test_ansible_ping_through_the_fleet_file(lab):
     """`ansible all -i inventories/lab/lab.fleet.yml -m ping`: the fleet is the inventory."""
-    listed = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(lab.fleet_path), "--list"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    listed = subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", str(lab.fleet_path), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert listed.returncode == 0, listed.stderr
     hostvars = json.loads(listed.stdout)["_meta"]["hostvars"]
     for node in _ssh_hosts(lab):
@@ -165,8 +171,15 @@ def test_proxmox_api_sees_the_guests_and_drives_them(lab):
     node = lab.fleet.nodes["pve1"].proxmox
     host = node.api.split("//")[1].split(":")[0]
     user, token = node.token_id.split("!")
-    api = proxmoxer.ProxmoxAPI(host, port=8006, user=user, token_name=token, token_value=node.token_secret.reveal(),
-                               verify_ssl=False, timeout=10)
+    api = proxmoxer.ProxmoxAPI(
+        host,
+        port=8006,
+        user=user,
+        token_name=token,
+        token_value=node.token_secret.reveal(),
+        verify_ssl=False,
+        timeout=10,
+    )
     try:
         resources = {r["name"]: r for r in api.cluster.resources.get(type="vm")}
         assert resources["jellyfin"]["vmid"] == 201  # its status there is pvestatd's last broadcast (up to 10 s old)
@@ -207,8 +220,12 @@ def test_down_after_a_failed_up_leaves_nothing(lab, tmp_path):
     from wakegrid.lab.runtime import Lab, LabError
 
     data = yaml.safe_load(lab.fleet_path.read_text())
-    data["lab"] = {"name": "broken", "wan": {"subnet": "10.232.0.0/24"}, "clients": {"subnet": "10.232.255.0/24"},
-                   "state_dir": str(tmp_path / "state")}
+    data["lab"] = {
+        "name": "broken",
+        "wan": {"subnet": "10.232.0.0/24"},
+        "clients": {"subnet": "10.232.255.0/24"},
+        "state_dir": str(tmp_path / "state"),
+    }
     data["edge"]["address"] = "10.232.0.2"
     data["edge"]["wireguard"]["endpoint"] = "10.232.0.2:51820"
     data["defaults"]["ssh"]["private_key_file"] = str(tmp_path / "state" / "key")
@@ -224,8 +241,15 @@ def test_down_after_a_failed_up_leaves_nothing(lab, tmp_path):
     assert labelled.strip(), "the failed up should have left its first networks behind"
     broken.down()
     for kind in ("network", "container", "volume"):
-        left = lab.run("/usr/bin/docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []),
-                       "--filter", "label=wakegrid.lab=broken").stdout
+        left = lab.run(
+            "/usr/bin/docker",
+            kind,
+            "ls",
+            "-q",
+            *(["-a"] if kind == "container" else []),
+            "--filter",
+            "label=wakegrid.lab=broken",
+        ).stdout
         assert not left.strip(), f"{kind}s left after down"
     assert not (tmp_path / "state").exists()
     assert lab.is_on("gw-dijon"), "the other lab must be untouched"

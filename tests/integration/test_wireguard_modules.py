@@ -423,8 +423,9 @@ def test_a_removed_peer_can_no_longer_handshake(lab):
     # while b, re-created the same way, does at once.
     for node in ("c", "b"):
         lab.ansible(node, "wireguard_interface", lab.interface_args(node, state="absent"))
-        assert lab.ansible(node, "wireguard_interface", lab.interface_args(node)).result["public_key"] == (
-            lab.public_keys[node]
+        assert (
+            lab.ansible(node, "wireguard_interface", lab.interface_args(node)).result["public_key"]
+            == (lab.public_keys[node])
         )
     support.wait_for(lambda: lab.dump("b")[lab.public_keys["a"]][4] != "0", 5, what="b's handshake with the hub")
     assert not lab.ping("c", TUNNEL_IP["a"], attempts=3)

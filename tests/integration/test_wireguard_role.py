@@ -52,15 +52,29 @@ class Play:
 
     def run(self, *args: str, inventory: Path | None = None) -> dict[str, dict[str, int]]:
         """Run the role; return the recap per host, failing the test when a host failed."""
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
         inventory = inventory or self.lab.fleet_path
-        proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), str(self.path), *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        recap = {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-                 for m in RECAP_RE.finditer(proc.stdout)}
+        proc = subprocess.run(
+            [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(self.path), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        recap = {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP_RE.finditer(proc.stdout)
+        }
         assert proc.returncode == 0 and recap, (
-            f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+            f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
         return recap
 
 
@@ -145,9 +159,13 @@ def test_edge_reaches_every_site_lan_through_the_tunnels(lab, play, names):
             lab.wait_until(lambda t=target: lab.ping(edge, t), 15, f"{edge} -> {target} ({site} LAN), tunnel")
         except AssertionError:
             gw_lan = lab.address(gateway)
-            hint = ("the gateway itself answers, so the tunnel works and the gateway forwards: the lab's Docker "
-                    "bridge drops frames whose source is outside the LAN (DOCKER-ISOLATION rules on internal "
-                    "networks)" if lab.ping(edge, gw_lan) else "the gateway's own LAN address does not answer either")
+            hint = (
+                "the gateway itself answers, so the tunnel works and the gateway forwards: the lab's Docker "
+                "bridge drops frames whose source is outside the LAN (DOCKER-ISOLATION rules on internal "
+                "networks)"
+                if lab.ping(edge, gw_lan)
+                else "the gateway's own LAN address does not answer either"
+            )
             raise AssertionError(f"{edge} cannot reach {target} on the {site} LAN through the tunnel; {hint}") from None
 
 
@@ -177,8 +195,11 @@ def test_limit_to_one_gateway_keeps_the_other_peers(lab, play, names):
     assert f"# wakegrid: {kept}" in config and f"# wakegrid: {limited}" in config
     # The hub lost its session with the peer it re-created: the spoke notices no reply to its
     # data packets after WireGuard's 15 s rekey timeout, then handshakes again.
-    lab.wait_until(lambda: lab.ping(limited, str(lab.fleet.edge.wireguard.address).split("/")[0]), 45,
-                   f"{limited} -> hub through the tunnel")
+    lab.wait_until(
+        lambda: lab.ping(limited, str(lab.fleet.edge.wireguard.address).split("/")[0]),
+        45,
+        f"{limited} -> hub through the tunnel",
+    )
 
 
 def test_run_after_a_site_cut_brings_the_tunnel_back(lab, play, names):

@@ -27,7 +27,7 @@ def wakegrid(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_example_summarises_the_fleet():
     result = wakegrid("validate", EXAMPLE)
     assert result.returncode == EXIT_OK, result.stderr
-    assert "valid fleet: 2 sites, 15 nodes, 3 services, 2 dependencies" in result.stdout
+    assert "valid fleet: 2 sites, 15 nodes, 3 services, 2 dependencies, 0 stacks" in result.stdout
 
 
 def test_validate_lists_every_problem_with_file_line_and_path(tmp_path):

@@ -2,7 +2,9 @@
 
 - :mod:`~wakegrid.actuate.steps` (pure): a plan → what ``wake.yml`` / ``shutdown.yml`` run;
 - :mod:`~wakegrid.actuate.events` (pure): ansible-runner events → live progress and timings;
-- :mod:`~wakegrid.actuate.runner` (I/O): run a collection playbook, the fleet as inventory.
+- :mod:`~wakegrid.actuate.runner` (I/O): run a collection playbook, the fleet as inventory;
+- :mod:`~wakegrid.actuate.service` (asyncio): the daemon's actuator, runs queued per node, journaled
+  and published on the event bus.
 
 The ``wakegrid wake|shutdown|discover`` commands are built on it (:mod:`wakegrid.cli.power`).
 """
@@ -19,6 +21,7 @@ from wakegrid.actuate.events import (
     progress_line,
 )
 from wakegrid.actuate.runner import RunResult, collection_root, run_playbook, search_path
+from wakegrid.actuate.service import ActionHandle, ActionResult, Actuator, ActuatorClosed
 from wakegrid.actuate.steps import docker_delegate, plan_data, step_data, step_title
 
 __all__ = [
@@ -26,6 +29,10 @@ __all__ = [
     "POWER_MODULES",
     "STEP_DONE",
     "STEP_STARTED",
+    "ActionHandle",
+    "ActionResult",
+    "Actuator",
+    "ActuatorClosed",
     "Progress",
     "RunResult",
     "StepTiming",

@@ -1,12 +1,16 @@
 """Running a playbook of the wakegrid.fleet collection through ansible-runner, the fleet as inventory.
 
 The caller never parses Ansible's output: events stream to :class:`wakegrid.actuate.events.Progress`
-and its lines to a callback; the result carries the exit status, the plan and the timings. Each
-run has its own private data dir (runs sharing one would collide), removed afterwards.
+and its lines to a callback (the raw events too, for the daemon's journal and event bus); the result
+carries the exit status, the plan and the timings. Each run has its own private data dir (runs
+sharing one collide: ansible-runner issues 808/1143), removed afterwards. A run can be cancelled
+(``cancel``) and bounded in time (``timeout``); both kill the playbook's process group.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import sys
@@ -19,14 +23,32 @@ from typing import Any
 
 from wakegrid.actuate.events import Progress
 
+log = logging.getLogger(__name__)
+
+# How often ansible-runner looks at ``cancel`` and the deadline while the playbook is quiet (its
+# default, 5 s, would make a cancelled or timed-out run linger that long).
+CHECK_EVERY = 0.25
+
 
 @dataclass
 class RunResult:
     rc: int
-    status: str
+    status: str  # ansible-runner's: "successful", "failed", "canceled", "timeout"
     progress: Progress
     stats: dict[str, Any]
     seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.status == "successful"
+
+    @property
+    def canceled(self) -> bool:
+        return self.status == "canceled"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status == "timeout"
 
     @property
     def changed(self) -> int:
@@ -65,20 +87,36 @@ def run_playbook(
     *,
     check: bool = False,
     on_line: Callable[[str], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+    progress: Progress | None = None,
     verbosity: int = 0,
 ) -> RunResult:
     """Run ``playbooks/<name>.yml`` of the collection with the fleet as inventory.
 
-    Live progress lines (the plan, each step, its time) go to ``on_line``; Ansible's
-    own output is kept in the runner's artifacts, which are removed afterwards.
+    Live progress lines (the plan, each step, its time) go to ``on_line``; each raw
+    ansible-runner event goes to ``on_event`` once ``progress`` (a fresh :class:`Progress`
+    unless given) has taken it. Both are called from the thread running the playbook; an
+    exception in them is logged, never breaks the run. ``cancel`` is asked every
+    :data:`CHECK_EVERY` seconds and at each output: true stops the run (status ``canceled``);
+    after ``timeout`` seconds the run is stopped too (status ``timeout``). Ansible's own output
+    is kept in the runner's artifacts, which are removed afterwards.
     """
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     import ansible_runner  # heavy: only when a playbook really runs
 
     root = collection_root()
     playbook = root / "playbooks" / f"{name}.yml"
-    progress = Progress()
+    if not playbook.is_file():
+        raise FileNotFoundError(f"the wakegrid.fleet collection at {root} has no playbook {name!r} ({playbook})")
+    progress = progress if progress is not None else Progress()
     work = Path(tempfile.mkdtemp(prefix="wakegrid-run-"))
     try:
+        (work / "env").mkdir()
+        # ansible-runner reads its settings from this file only (a settings= argument is dropped without it).
+        (work / "env" / "settings").write_text(json.dumps({"pexpect_timeout": CHECK_EVERY}))
         link = work / "collections" / "ansible_collections" / "wakegrid" / "fleet"
         link.parent.mkdir(parents=True)
         link.symlink_to(root, target_is_directory=True)
@@ -91,16 +129,36 @@ def run_playbook(
             "ANSIBLE_INVENTORY_ENABLED": "wakegrid.fleet.fleet,host_list,ini",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "True",
+            # Modules run on the controller would log each invocation to its journal (the daemon's unit).
+            "ANSIBLE_NO_TARGET_SYSLOG": "True",
             "PATH": search_path(),
         }
 
         def handler(event: dict) -> bool:
-            for line in progress.feed(event):
-                if on_line is not None:
-                    on_line(line)
+            lines = progress.feed(event)
+            for line in lines:
+                _call(on_line, line)
+            _call(on_event, event)
             return True  # keep the event in the artifacts
 
         started = time.monotonic()
+        deadline = started + timeout if timeout is not None else None
+        timed_out = False
+
+        def should_stop() -> bool:
+            # ansible-runner's own `timeout` takes whole seconds only: the deadline is kept here.
+            nonlocal timed_out
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                return True
+            if cancel is None:
+                return False
+            try:
+                return bool(cancel())
+            except Exception:
+                log.exception("the cancel callback of a %s run failed: cancelling the run", name)
+                return True
+
         runner = ansible_runner.run(
             private_data_dir=str(work),
             playbook=str(playbook),
@@ -110,12 +168,16 @@ def run_playbook(
             cmdline="--check" if check else None,
             verbosity=verbosity or None,
             event_handler=handler,
+            cancel_callback=should_stop,
             quiet=True,
         )
         seconds = time.monotonic() - started
-        if runner.rc and progress.failure is None:
+        status = "timeout" if timed_out and runner.status == "canceled" else runner.status
+        if status in ("canceled", "timeout"):
+            progress.failure = _stopped(status, seconds, timeout, progress)
+        elif runner.rc and progress.failure is None:
             progress.failure = _tail(runner.stdout.read() if runner.stdout else "")
-        return RunResult(runner.rc, runner.status, progress, runner.stats or {}, seconds)
+        return RunResult(runner.rc, status, progress, runner.stats or {}, seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -125,6 +187,26 @@ def search_path() -> str:
     here = str(Path(sys.executable).parent)
     rest = [entry for entry in os.environ.get("PATH", os.defpath).split(os.pathsep) if entry and entry != here]
     return os.pathsep.join([here, *rest])
+
+
+def _call(callback: Callable[[Any], None] | None, value: Any) -> None:
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:
+        log.exception("a progress callback failed; the run goes on")
+
+
+def _stopped(status: str, seconds: float, timeout: float | None, progress: Progress) -> str:
+    """``timed out after 30.2s (timeout 30s) during step 2 of 3: start lxc jellyfin via …``"""
+    what = (
+        f"timed out after {seconds:.1f}s (timeout {timeout:g}s)"
+        if status == "timeout"
+        else f"cancelled after {seconds:.1f}s"
+    )
+    step = progress.steps[-1] if progress.steps and progress.steps[-1].seconds is None else None
+    return f"{what} during step {step.index} of {step.total}: {step.title}" if step else what
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -1,5 +1,6 @@
 """The ``wakegrid`` command line: ``validate`` here, ``plan`` in :mod:`~wakegrid.cli.plan`,
-``wake``/``shutdown``/``discover`` in :mod:`~wakegrid.cli.power`, ``lab`` in :mod:`wakegrid.lab.cli`.
+``wake``/``shutdown``/``discover`` in :mod:`~wakegrid.cli.power`, ``daemon``/``reconcile`` in
+:mod:`~wakegrid.cli.daemon`, ``lab`` in :mod:`wakegrid.lab.cli`.
 
 Exit codes scripts can rely on:
   0  success (fleet valid; plan runnable)
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from wakegrid import __version__
+from wakegrid.cli.daemon import add_daemon_commands
+from wakegrid.cli.migrate import add_migrate_command
 from wakegrid.cli.plan import add_plan_command
 from wakegrid.cli.power import add_power_commands
 from wakegrid.exitcodes import EXIT_BLOCKED, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_USAGE
@@ -78,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_power_commands(commands)
 
+    add_daemon_commands(commands)
+    add_migrate_command(commands)
+
     # Listed for --help; dispatched in main() so the lab's own parser owns its options.
     commands.add_parser("lab", help="build and drive a whole fleet on this machine (wakegrid lab --help)")
     return parser
@@ -93,13 +99,14 @@ def _validate(args: argparse.Namespace) -> int:
         "nodes": len(fleet.nodes),
         "services": len(fleet.services),
         "dependencies": sum(len(needs) for needs in fleet.dependencies.values()),
+        "stacks": len(fleet.stacks),
     }
     if args.json:
         print(json.dumps({"valid": True, "file": args.fleet, **summary}))
     else:
         print(
             f"{args.fleet}: valid fleet: {summary['sites']} sites, {summary['nodes']} nodes, "
-            f"{summary['services']} services, {summary['dependencies']} dependencies"
+            f"{summary['services']} services, {summary['dependencies']} dependencies, {summary['stacks']} stacks"
         )
     return EXIT_OK
 

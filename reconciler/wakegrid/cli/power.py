@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from wakegrid.actuate import RunResult, run_playbook
 from wakegrid.exitcodes import EXIT_BLOCKED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from wakegrid.model import Fleet
+from wakegrid.observe.power import PowerState
 from wakegrid.render import override_hints
 
 FLEET_ENV = "WAKEGRID_FLEET"
@@ -55,6 +57,12 @@ def add_power_commands(commands: argparse._SubParsersAction) -> None:
         "--force-infrastructure",
         action="store_true",
         help="allow stopping a site gateway or the edge (or what hosts one): a person's decision, never automatic",
+    )
+    shutdown.add_argument(
+        "--drain",
+        action="store_true",
+        help="first migrate the machine's LXC guests to another up machine of its Proxmox cluster, instead of "
+        "stopping them (wakegrid migrate), then shut it down",
     )
     shutdown.set_defaults(handler=_shutdown)
 
@@ -164,7 +172,86 @@ def _shutdown(args: argparse.Namespace) -> int:
         "include_dependants": args.include_dependants,
         "force_infrastructure": args.force_infrastructure,
     }
+    if getattr(args, "drain", False):
+        moved = _drain(args)
+        if isinstance(moved, int):
+            return moved
+        extravars["moved"] = moved
     return _power(args, "shutdown", extravars)
+
+
+def drain_plan(fleet: Fleet, machine: str, states: Mapping[str, PowerState]) -> tuple[list[str], str | None, list[str]]:
+    """Which LXC guests run on ``machine`` now, the up machine of its cluster to move them to, and what blocks.
+
+    A guest runs on ``machine`` when the observation found it there (its parent's listing, or a peer's
+    after a migration: :attr:`PowerState.host`). A guest of the cluster whose power is unknown blocks
+    the drain (it might be on ``machine``). VMs are not drained: the shutdown stops them as before.
+    """
+    node = fleet.nodes.get(machine)
+    if node is None or node.kind != "machine" or node.proxmox is None or not node.proxmox.cluster:
+        return (
+            [],
+            None,
+            [f"{machine} is not a Proxmox VE machine of a declared cluster (proxmox.cluster): nothing to drain to"],
+        )
+    members = list(fleet.cluster_members(node.proxmox.cluster))
+    guests, blocked = [], []
+    for name, guest in fleet.nodes.items():
+        if guest.kind != "lxc" or guest.parent not in members:
+            continue
+        state = states.get(name)
+        if state is None or state.power == "unknown":
+            blocked.append(f"{name} is unknown ({state.detail if state else 'not observed'}): it may be on {machine}")
+            continue
+        if (state.host or guest.parent) == machine and not (state.host is None and state.detail.startswith("its host")):
+            guests.append(name)
+    target = next((m for m in members if m != machine and states.get(m) and states[m].up), None)
+    if guests and target is None:
+        blocked.append(f"no other machine of cluster {node.proxmox.cluster} is up to take {', '.join(guests)}")
+    return guests, target, blocked
+
+
+def _drain(args: argparse.Namespace, *, err: TextIO | None = None) -> list[str] | int:
+    """Migrate the machine's LXC guests away (``--drain``); the guests moved, or an exit code."""
+    from wakegrid.cli.migrate import report_migration, run_migration
+    from wakegrid.observe.power import observe_power
+
+    err = err or sys.stderr
+    fleet = _fleet_or_exit(args, err)
+    if isinstance(fleet, int):
+        return fleet
+    if args.node not in fleet.nodes:
+        print(f"wakegrid: unknown node {args.node!r} (nodes: {', '.join(fleet.nodes)})", file=err)
+        return EXIT_USAGE
+    node = fleet.nodes[args.node]
+    cluster = node.proxmox.cluster if node.proxmox else None
+    members = list(fleet.cluster_members(cluster)) if cluster else [args.node]
+    names = [*members, *(n for n, g in fleet.nodes.items() if g.kind == "lxc" and g.parent in members)]
+    guests, target, blocked = drain_plan(fleet, args.node, observe_power(fleet, names))
+    if blocked:
+        print("wakegrid: cannot drain, nothing was done:", file=err)
+        for reason in blocked:
+            print(f"  - {reason}", file=err)
+        return EXIT_BLOCKED if guests or cluster else EXIT_USAGE
+    if not guests:
+        print(f"drain: no LXC guest runs on {args.node}")
+        return []
+    for guest in guests:
+        print(f"drain: migrating {guest} from {args.node} to {target}", flush=True)
+
+        def show(event: dict[str, Any], guest: str = guest) -> None:
+            if event.get("phase") in ("shutdown", "start", "done", "failed") or event.get("error"):
+                print(
+                    f"  {guest}: {event.get('percent', 0)}% {event.get('phase')}: {event.get('message', '')}",
+                    flush=True,
+                )
+
+        outcome = run_migration(args.fleet, guest, str(target), check=args.check, on_event=show)
+        code = report_migration(outcome, guest, str(target), out=sys.stdout, err=err)
+        if code != EXIT_OK:
+            print(f"wakegrid: drain stopped: {args.node} is not shut down", file=err)
+            return code
+    return guests
 
 
 def _discover(args: argparse.Namespace, *, err: TextIO | None = None) -> int:

@@ -14,6 +14,7 @@ from wakegrid.lab.topology import LabConfigError
 from wakegrid.model import FleetError
 
 DEFAULT_FLEET = "inventories/lab/lab.fleet.yml"
+DAEMON_PORT = 9380  # wakegrid.lab.daemon.DEFAULT_PORT (not imported: it needs the Docker SDK)
 DESCRIPTION = (
     "Build a fleet on this machine out of real parts (containers with systemd and sshd, Docker networks, "
     "Wake-on-LAN, a Proxmox API emulator, Docker in a guest), then power, cut and restore it. Needs root."
@@ -41,8 +42,10 @@ def configure(lab: argparse.ArgumentParser) -> None:
     down.add_argument("--purge", action="store_true", help="also remove the lab images (the rootfs cache stays)")
     cmd("status", "each host, its power state and addresses")
     cmd("inventory", "write an INI inventory of the lab hosts (before the fleet plugin is installed)")
-    for name, help_ in (("cut-site", "make a whole site unreachable (its gateway's WAN link and tunnels go down)"),
-                        ("restore-site", "bring a cut site back")):
+    for name, help_ in (
+        ("cut-site", "make a whole site unreachable (its gateway's WAN link and tunnels go down)"),
+        ("restore-site", "bring a cut site back"),
+    ):
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("site")
         p.add_argument("fleet", nargs="?", default=DEFAULT_FLEET)
@@ -50,13 +53,66 @@ def configure(lab: argparse.ArgumentParser) -> None:
     p.add_argument("node")
     p.add_argument("state", choices=["on", "off"])
     p.add_argument("fleet", nargs="?", default=DEFAULT_FLEET)
+    add_daemon_commands(sub)
     lab.set_defaults(func=run)
+
+
+def add_daemon_commands(sub) -> None:
+    """``lab daemon …``: the reconciler daemon as a systemd service of the lab's edge host."""
+    help_ = "run the reconciler daemon in the lab's edge host, installed as a user would (venv + systemd unit)"
+    daemon = sub.add_parser("daemon", help=help_, description=help_)
+    actions = daemon.add_subparsers(dest="daemon_command", required=True, metavar="ACTION")
+    install = actions.add_parser(
+        "install",
+        help="install or update the wheel, the collection, the fleet and the unit (quick when unchanged)",
+        description="Install the wakegrid wheel and its requirements (a wheelhouse built here: lab hosts have no "
+        "Internet) into /opt/wakegrid, the collection into /opt/wakegrid/collection, FLEET and the "
+        "files it names, the daemon config and wakegrid.service. Does not start the daemon.",
+    )
+    install.add_argument("daemon_fleet", metavar="FLEET", help="the fleet the daemon runs (any *.fleet.yml)")
+    install.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the daemon's config (default: listen on 0.0.0.0:{DAEMON_PORT}: the edge's Caddy and this machine reach it)",
+    )
+    install.add_argument(
+        "--dry-run", action="store_true", help="the daemon decides and logs, never acts (wakegrid daemon --dry-run)"
+    )
+    install.add_argument(
+        "--lab", dest="fleet", metavar="LAB_FLEET", help="the fleet the lab was built from (default: FLEET itself)"
+    )
+    for name, text in (
+        ("start", "start the daemon and wait until it listens"),
+        ("stop", "stop it (SIGTERM)"),
+        ("restart", "restart it and wait until it listens"),
+        ("status", "systemd's status of the unit (exit 3 when not running)"),
+        ("kill", "SIGKILL the daemon and its playbook runs (systemctl kill -s KILL)"),
+        ("url", "the daemon's HTTP address as seen from this machine"),
+        ("logs", "the daemon's log lines of its current or last run"),
+    ):
+        p = actions.add_parser(name, help=text, description=text)
+        p.add_argument("fleet", nargs="?", default=DEFAULT_FLEET, help=f"the lab's fleet (default: {DEFAULT_FLEET})")
+        if name == "logs":
+            p.add_argument("-n", "--lines", type=_positive, default=50, help="how many lines (default: 50)")
+            p.add_argument("--all", action="store_true", help="every run of the unit, not only the last one")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from wakegrid.lab.runtime import Lab, LabError  # the docker SDK is only needed here
 
     try:
+        if args.lab_command == "daemon":
+            return run_daemon(args)
         lab = Lab(args.fleet)
         command = args.lab_command
         if command == "up":
@@ -85,6 +141,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_daemon(args: argparse.Namespace) -> int:
+    from wakegrid.lab.daemon import LabDaemon
+    from wakegrid.lab.runtime import Lab
+
+    action = args.daemon_command
+    daemon = LabDaemon(Lab(args.fleet or args.daemon_fleet))
+    if action == "install":
+        report = daemon.install(args.daemon_fleet, args.config, dry_run=args.dry_run)
+        for note in report.notes:
+            print(f"note: {note}")
+        print(f"{report.summary()}; the daemon runs {report.fleet}{' (dry run)' if args.dry_run else ''}")
+    elif action in ("start", "restart"):
+        started = time.monotonic()
+        getattr(daemon, action)()
+        print(f"wakegrid.service is running ({action} {time.monotonic() - started:.1f}s)")
+    elif action == "stop":
+        daemon.stop()
+    elif action == "kill":
+        daemon.kill()
+        print("wakegrid.service killed (SIGKILL)")
+    elif action == "status":
+        print(daemon.status())
+        return 0 if daemon.is_active() else 3
+    elif action == "logs":
+        print(daemon.logs(args.lines, all_runs=args.all))
+    elif action == "url":
+        print(daemon.url())
+    return 0
+
+
 def print_status(lab) -> None:
     cut = {site for site in lab.fleet.sites if lab.is_cut(site)}
     rows = [("HOST", "ROLE", "SITE", "POWER", "ADDRESSES")]
@@ -95,8 +181,15 @@ def print_status(lab) -> None:
         note = " (site cut)" if host.role == "gateway" and host.site in cut else ""
         rows.append((host.node, host.role, host.site or "-", power + note, addresses))
     for inner in lab.plan.inner:
-        rows.append((inner.node, f"container in {inner.parent}", lab.fleet.site_of(inner.node) or "-",
-                     lab.inner_status(inner), "-"))
+        rows.append(
+            (
+                inner.node,
+                f"container in {inner.parent}",
+                lab.fleet.site_of(inner.node) or "-",
+                lab.inner_status(inner),
+                "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -21,11 +21,28 @@ IMAGE_REPO = "wakegrid-lab/host"
 
 # What every lab host needs: systemd as PID 1, sshd + python3 for Ansible, the
 # network tools the roles use, WireGuard in userspace, and Docker (enabled only
-# on nodes with a docker capability).
+# on nodes with a docker capability). python3-venv: the reconciler daemon runs from a venv
+# on the edge (`wakegrid lab daemon install`), and Debian's python3 has no ensurepip without it.
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "sudo",
-    "iproute2", "iputils-ping", "procps", "curl", "ca-certificates", "openssl", "netcat-openbsd",
-    "wireguard-tools", "wireguard-go", "docker.io", "iptables",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "python3-apt",
+    "python3-venv",
+    "sudo",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "curl",
+    "ca-certificates",
+    "openssl",
+    "netcat-openbsd",
+    "wireguard-tools",
+    "wireguard-go",
+    "docker.io",
+    "iptables",
 )
 
 
@@ -101,10 +118,16 @@ def build_rootfs(spec: ImageSpec, log=print) -> Path:
     with tempfile.TemporaryDirectory(prefix="rootfs-", dir=CACHE_DIR) as tmp:
         root = Path(tmp) / "root"
         log(f"debootstrap {spec.suite} into {root} (a few minutes, once)")
-        _run([
-            "debootstrap", "--variant=minbase", f"--include={','.join(spec.packages)}",
-            spec.suite, str(root), spec.mirror,
-        ])
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(spec.packages)}",
+                spec.suite,
+                str(root),
+                spec.mirror,
+            ]
+        )
         script = root / "tmp/customize-rootfs.sh"
         script.write_text(_customize_script())
         _run(["chroot", str(root), "/bin/sh", "/tmp/customize-rootfs.sh"])

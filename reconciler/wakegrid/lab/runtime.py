@@ -126,8 +126,10 @@ class Lab:
             if node.wol and node.wol.secureon:
                 secureon[name] = node.wol.secureon.reveal()
         return topo.plan_lab(
-            self.fleet, fleet_path=self.fleet_path,
-            ssh_public_key=pub.read_text() if pub and pub.exists() else "", secureon=secureon,
+            self.fleet,
+            fleet_path=self.fleet_path,
+            ssh_public_key=pub.read_text() if pub and pub.exists() else "",
+            secureon=secureon,
         )
 
     # ----------------------------------------------------------------- up
@@ -158,8 +160,9 @@ class Lab:
                 changed.append(inner.node)
         self._wait_apps()
         took = time.monotonic() - started
-        self.log(f"lab {self.name} is up ({len(changed)} created or recreated: {', '.join(changed) or 'none'}; "
-                 f"{took:.1f}s)")
+        self.log(
+            f"lab {self.name} is up ({len(changed)} created or recreated: {', '.join(changed) or 'none'}; {took:.1f}s)"
+        )
 
     def _ensure_secrets(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -188,14 +191,19 @@ class Lab:
             configs = (existing.attrs.get("IPAM") or {}).get("Config") or []
             subnets = {c.get("Subnet") for c in configs}
             if subnets != {net.subnet}:
-                raise LabError(f"network {net.name} exists with subnet {', '.join(map(str, subnets))}, "
-                               f"the fleet wants {net.subnet}: run `wakegrid lab down` first")
+                raise LabError(
+                    f"network {net.name} exists with subnet {', '.join(map(str, subnets))}, "
+                    f"the fleet wants {net.subnet}: run `wakegrid lab down` first"
+                )
             return
         self.log(f"creating network {net.name} ({net.subnet}, host {net.gateway})")
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet, gateway=net.gateway)])
         try:
             self.client.networks.create(
-                net.name, driver="bridge", internal=True, ipam=ipam,  # internal: nothing leaves the machine
+                net.name,
+                driver="bridge",
+                internal=True,
+                ipam=ipam,  # internal: nothing leaves the machine
                 labels=self._labels(**{L_ROLE: net.role, L_SITE: net.site or ""}),
             )
         except docker.errors.APIError as exc:
@@ -229,7 +237,8 @@ class Lab:
         token = Path(self.plan.pve_token_file or "").read_text().strip()
         votes = dict(cluster.votes)
         pve.init_cluster(
-            cluster.directory, cluster.name,
+            cluster.directory,
+            cluster.name,
             {n: {"ip": ip, "port": 8006, "votes": votes.get(n, 1)} for n, ip in cluster.nodes},
             tokens=dict.fromkeys(cluster.token_ids, token),
             qdevice={"ip": cluster.qdevice[0], "port": cluster.qdevice[1], "votes": 1} if cluster.qdevice else None,
@@ -243,8 +252,14 @@ class Lab:
         for guest in cluster.guests:
             # Never rewrite a known guest: it may have migrated to another node since.
             if state.guest(guest.vmid) is None:
-                pve.write_guest(cluster.directory, guest.vmid, type=guest.type, node=guest.pve_node,
-                                name=guest.node, container=guest.container)
+                pve.write_guest(
+                    cluster.directory,
+                    guest.vmid,
+                    type=guest.type,
+                    node=guest.pve_node,
+                    name=guest.node,
+                    container=guest.container,
+                )
 
     def _resolved_files(self, host: topo.HostPlan) -> dict[str, str]:
         files = {}
@@ -283,9 +298,12 @@ class Lab:
             binds.append("/sys/fs/cgroup:/sys/fs/cgroup:rw")
             kwargs = {"tmpfs": dict(topo.SYSTEMD_RUN), "cgroupns": "host"}
         host_config = api.create_host_config(
-            binds=binds, cap_add=list(host.cap_add) or None, security_opt=list(host.security_opt) or None,
+            binds=binds,
+            cap_add=list(host.cap_add) or None,
+            security_opt=list(host.security_opt) or None,
             devices=[f"{d}:{d}:rwm" for d in host.devices] or None,
-            sysctls=dict(host.sysctls) or None, network_mode=host.networks[0].network,
+            sysctls=dict(host.sysctls) or None,
+            network_mode=host.networks[0].network,
             **kwargs,
         )
         first = host.networks[0]
@@ -295,12 +313,17 @@ class Lab:
             self.client.volumes.create(vol, labels=self._labels(**{L_NODE: host.node}))
         try:
             created = api.create_container(
-                image, name=host.container, hostname=host.node, command=list(host.command) if host.command else None,
-                mac_address=host.mac, labels=self._labels(**{L_NODE: host.node, L_ROLE: host.role, L_SPEC: spec,
-                                                              L_SITE: host.site or ""}),
+                image,
+                name=host.container,
+                hostname=host.node,
+                command=list(host.command) if host.command else None,
+                mac_address=host.mac,
+                labels=self._labels(**{L_NODE: host.node, L_ROLE: host.role, L_SPEC: spec, L_SITE: host.site or ""}),
                 stop_signal="SIGRTMIN+3" if host.systemd else "SIGTERM",  # systemd halts on SIGRTMIN+3
                 stop_timeout=_stop_timeout(host),
-                host_config=host_config, networking_config=networking, detach=True,
+                host_config=host_config,
+                networking_config=networking,
+                detach=True,
             )
         except docker.errors.APIError as exc:
             raise LabError(f"cannot create {host.container}: {exc.explanation}") from None
@@ -331,8 +354,10 @@ class Lab:
                     del pending[name]
             time.sleep(0.2)
         if pending:
-            raise LabError(f"no SSH answer within {SSH_WAIT:.0f}s from: {', '.join(sorted(pending))} "
-                           f"(look at `docker logs` / `docker exec … journalctl -b` of their containers)")
+            raise LabError(
+                f"no SSH answer within {SSH_WAIT:.0f}s from: {', '.join(sorted(pending))} "
+                f"(look at `docker logs` / `docker exec … journalctl -b` of their containers)"
+            )
 
     def _wait_apps(self, timeout: float = 30.0) -> None:
         """Every app on a running host answers its health check: then `up` is really done."""
@@ -366,13 +391,20 @@ class Lab:
         if self._inner_exec(inner.parent_container, ["docker", "image", "inspect", image]).returncode != 0:
             self.log(f"loading {image} into {inner.parent}'s Docker (docker save | load, no registry)")
             save = subprocess.Popen([DOCKER_CLI, "save", image], stdout=subprocess.PIPE)
-            load = subprocess.run([DOCKER_CLI, "exec", "-i", inner.parent_container, "docker", "load", "-q"],
-                                  stdin=save.stdout, capture_output=True, text=True)
+            load = subprocess.run(
+                [DOCKER_CLI, "exec", "-i", inner.parent_container, "docker", "load", "-q"],
+                stdin=save.stdout,
+                capture_output=True,
+                text=True,
+            )
             save.wait()
             if load.returncode or save.returncode:
                 raise LabError(f"loading the lab image into {inner.parent} failed: {load.stderr.strip()}")
-        spec = topo.spec_hash(topo.HostPlan(inner.node, inner.name, "inner", "container", None, ()), image,
-                              {"command": " ".join(inner.command)})
+        spec = topo.spec_hash(
+            topo.HostPlan(inner.node, inner.name, "inner", "container", None, ()),
+            image,
+            {"command": " ".join(inner.command)},
+        )
         label = '{{index .Config.Labels "%s"}}' % L_SPEC  # noqa: UP031 (Go template braces)
         current = self._inner_exec(inner.parent_container, ["docker", "inspect", "-f", label, inner.name])
         if current.returncode == 0 and current.stdout.strip() == spec:
@@ -404,8 +436,10 @@ class Lab:
             if self._inner_exec(container, ["docker", "info", "--format", "{{.ServerVersion}}"]).returncode == 0:
                 return
             time.sleep(0.5)
-        raise LabError(f"the Docker daemon inside {container} did not come up within {timeout:.0f}s "
-                       f"(see `docker exec {container} journalctl -u docker`)")
+        raise LabError(
+            f"the Docker daemon inside {container} did not come up within {timeout:.0f}s "
+            f"(see `docker exec {container} journalctl -u docker`)"
+        )
 
     def _inner_exec(self, container: str, cmd: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run([DOCKER_CLI, "exec", container, *cmd], capture_output=True, text=True)
@@ -452,8 +486,10 @@ class Lab:
                 states.append(HostState(host, "absent", {}))
                 continue
             nets = container.attrs["NetworkSettings"]["Networks"] or {}
-            addresses = {name: info.get("IPAMConfig", {}).get("IPv4Address") or info.get("IPAddress", "")
-                         for name, info in nets.items()}
+            addresses = {
+                name: info.get("IPAMConfig", {}).get("IPv4Address") or info.get("IPAddress", "")
+                for name, info in nets.items()
+            }
             states.append(HostState(host, container.status, addresses))
         return states
 
@@ -566,8 +602,20 @@ class Lab:
         host = self.plan.host(node)
         ssh = self.fleet.ssh_of(node) if node in self.fleet.nodes or node == self.fleet.edge.host else None
         user = (ssh.user if ssh else None) or "root"
-        return ["ssh", "-i", self.plan.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", f"{user}@{host.address}"]
+        return [
+            "ssh",
+            "-i",
+            self.plan.ssh_key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+            f"{user}@{host.address}",
+        ]
 
     def ssh(self, node: str, command: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run([*self.ssh_command(node), command], capture_output=True, text=True, timeout=timeout)
@@ -602,8 +650,10 @@ def _cgroup_memory(container_id: str) -> int:
         usage = int((v1 / "memory.usage_in_bytes").read_text())
         stat = dict(line.split() for line in (v1 / "memory.stat").read_text().splitlines())
         return max(usage - int(stat.get("total_inactive_file", 0)), 0)
-    for v2 in (Path("/sys/fs/cgroup/docker") / container_id,
-               Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope")):
+    for v2 in (
+        Path("/sys/fs/cgroup/docker") / container_id,
+        Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope"),
+    ):
         if v2.is_dir():
             stat = dict(line.split() for line in (v2 / "memory.stat").read_text().splitlines())
             return max(int((v2 / "memory.current").read_text()) - int(stat.get("inactive_file", 0)), 0)

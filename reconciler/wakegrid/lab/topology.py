@@ -143,8 +143,9 @@ def parse_lab_config(fleet: Fleet, fleet_path: str | Path = "lab.fleet.yml") -> 
     clients_host = _host_address(clients, clients_raw.get("host"), "lab.clients.host", problems)
     hosts = list(ipaddress.ip_network(clients).hosts()) if clients else []
     edge_client = _ip(clients_raw.get("edge", hosts[1] if hosts else ""), "lab.clients.edge", problems)
-    client_address = _ip(clients_raw.get("address", hosts[9] if len(hosts) > 9 else ""), "lab.clients.address",
-                         problems)
+    client_address = _ip(
+        clients_raw.get("address", hosts[9] if len(hosts) > 9 else ""), "lab.clients.address", problems
+    )
     client_name = str(clients_raw.get("name", "client"))
     if client_name in fleet.nodes or client_name == fleet.edge.host:
         problems.append(f"lab.clients.name: {client_name!r} is already a node of the fleet")
@@ -188,11 +189,21 @@ def parse_lab_config(fleet: Fleet, fleet_path: str | Path = "lab.fleet.yml") -> 
     if problems:
         raise LabConfigError(problems)
     return LabConfig(
-        name=name, state_dir=state_dir, suite=suite, mirror=mirror,
-        wan=wan, wan_host=wan_host, wan_addresses=wan_addresses,
-        clients=clients, clients_host=clients_host, edge_client_address=edge_client or "",
-        client_name=client_name, client_address=client_address or "",
-        bridge_hosts=bridge_hosts, listeners=listeners, nodes=nodes,
+        name=name,
+        state_dir=state_dir,
+        suite=suite,
+        mirror=mirror,
+        wan=wan,
+        wan_host=wan_host,
+        wan_addresses=wan_addresses,
+        clients=clients,
+        clients_host=clients_host,
+        edge_client_address=edge_client or "",
+        client_name=client_name,
+        client_address=client_address or "",
+        bridge_hosts=bridge_hosts,
+        listeners=listeners,
+        nodes=nodes,
         inner_image=str(inner_image) if inner_image else None,
     )
 
@@ -457,20 +468,28 @@ def plan_lab(
         pve_name = {n: node.proxmox.node or n for n, node in pve.items()}
         guests = tuple(
             PveGuestPlan(n, nd.vmid or 0, "lxc" if nd.kind == "lxc" else "qemu", pve_name[nd.parent], cname(n))
-            for n, nd in fleet.nodes.items() if nd.kind in ("vm", "lxc") and nd.parent in pve
+            for n, nd in fleet.nodes.items()
+            if nd.kind in ("vm", "lxc") and nd.parent in pve
         )
         arrangement = quorum.arrangement(fleet, next(iter(pve)))
         qdevice = arrangement.qdevice if arrangement else None
-        clusters.append(PveClusterPlan(
-            site=site_name, name=f"{cfg.name}-{site_name}", directory=f"{cfg.state_dir}/pve/{site_name}",
-            hosts=tuple(pve), nodes=tuple((pve_name[n], str(node.address)) for n, node in pve.items()),
-            token_ids=tuple(dict.fromkeys(node.proxmox.token_id for node in pve.values())), guests=guests,
-            votes=tuple((pve_name[n], node.proxmox.votes) for n, node in pve.items()),
-            # The lab runs no corosync-qnetd: the QDevice host's sshd (port 22) stands in for it.
-            qdevice=(str(fleet.nodes[qdevice].address), 22) if qdevice and fleet.nodes[qdevice].address else None,
-            expected_votes=fleet.clusters[arrangement.cluster].expected_votes
-            if arrangement and arrangement.cluster in fleet.clusters else None,
-        ))
+        clusters.append(
+            PveClusterPlan(
+                site=site_name,
+                name=f"{cfg.name}-{site_name}",
+                directory=f"{cfg.state_dir}/pve/{site_name}",
+                hosts=tuple(pve),
+                nodes=tuple((pve_name[n], str(node.address)) for n, node in pve.items()),
+                token_ids=tuple(dict.fromkeys(node.proxmox.token_id for node in pve.values())),
+                guests=guests,
+                votes=tuple((pve_name[n], node.proxmox.votes) for n, node in pve.items()),
+                # The lab runs no corosync-qnetd: the QDevice host's sshd (port 22) stands in for it.
+                qdevice=(str(fleet.nodes[qdevice].address), 22) if qdevice and fleet.nodes[qdevice].address else None,
+                expected_votes=fleet.clusters[arrangement.cluster].expected_votes
+                if arrangement and arrangement.cluster in fleet.clusters
+                else None,
+            )
+        )
     cluster_of = {h: c for c in clusters for h in c.hosts}
 
     common_files = [FilePlan(f"{OPT}/app.py", resource="files/app.py")]
@@ -479,19 +498,38 @@ def plan_lab(
 
     hosts: list[HostPlan] = []
     edge = fleet.edge
-    hosts.append(HostPlan(
-        node=edge.host, container=cname(edge.host), role="edge", kind="edge", site=None,
-        networks=(Attachment(f"{prefix}-wan", str(edge.address)),
-                  Attachment(f"{prefix}-clients", cfg.edge_client_address)),
-        cap_add=(*SYSTEMD_CAPS, "NET_ADMIN"), devices=("/dev/net/tun",),
-        sysctls=(("net.ipv4.ip_forward", "1"),), files=tuple(common_files), keep_running=True,
-    ))
-    hosts.append(HostPlan(
-        node=cfg.client_name, container=cname(cfg.client_name), role="client", kind="client", site=None,
-        networks=(Attachment(f"{prefix}-clients", cfg.client_address),),
-        cap_add=(*SYSTEMD_CAPS, "NET_ADMIN"), files=tuple(common_files), keep_running=True,
-        # The client is the Internet: it reaches the edge's public side only.
-    ))
+    hosts.append(
+        HostPlan(
+            node=edge.host,
+            container=cname(edge.host),
+            role="edge",
+            kind="edge",
+            site=None,
+            networks=(
+                Attachment(f"{prefix}-wan", str(edge.address)),
+                Attachment(f"{prefix}-clients", cfg.edge_client_address),
+            ),
+            cap_add=(*SYSTEMD_CAPS, "NET_ADMIN"),
+            devices=("/dev/net/tun",),
+            sysctls=(("net.ipv4.ip_forward", "1"),),
+            files=tuple(common_files),
+            keep_running=True,
+        )
+    )
+    hosts.append(
+        HostPlan(
+            node=cfg.client_name,
+            container=cname(cfg.client_name),
+            role="client",
+            kind="client",
+            site=None,
+            networks=(Attachment(f"{prefix}-clients", cfg.client_address),),
+            cap_add=(*SYSTEMD_CAPS, "NET_ADMIN"),
+            files=tuple(common_files),
+            keep_running=True,
+            # The client is the Internet: it reaches the edge's public side only.
+        )
+    )
 
     wol: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in fleet.sites}
     inner: list[InnerContainerPlan] = []
@@ -502,10 +540,17 @@ def plan_lab(
             parent = node.parent or ""
             node_apps = apps_by_node.get(name, [])
             command = _inner_command(name, fleet.site_of(name), node_apps)
-            inner.append(InnerContainerPlan(
-                node=name, name=node.container or name, parent=parent, parent_container=cname(parent),
-                command=command, binds=((OPT, OPT, "ro"),), power=cfg.nodes[name].power,
-            ))
+            inner.append(
+                InnerContainerPlan(
+                    node=name,
+                    name=node.container or name,
+                    parent=parent,
+                    parent_container=cname(parent),
+                    command=command,
+                    binds=((OPT, OPT, "ro"),),
+                    power=cfg.nodes[name].power,
+                )
+            )
             continue
         if node.address is None:
             continue
@@ -516,8 +561,13 @@ def plan_lab(
             attachments.append(Attachment(f"{prefix}-wan", cfg.wan_addresses[name]))
         files = list(common_files)
         units = ["wakegrid-lab-routes.service"]
-        files.append(FilePlan(f"{ETC}/routes.sh", _routes_script([] if is_gw else routes_by_site[site],
-                                                                  fleet.sites[site].gateway, fleet), mode=0o755))
+        files.append(
+            FilePlan(
+                f"{ETC}/routes.sh",
+                _routes_script([] if is_gw else routes_by_site[site], fleet.sites[site].gateway, fleet),
+                mode=0o755,
+            )
+        )
         files += [_unit_file("wakegrid-lab-routes.service"), _unit_file("wakegrid-lab-app@.service")]
         for app in apps_by_node.get(name, []):
             env = f"{ETC}/apps/{app.service}.env"
@@ -557,33 +607,65 @@ def plan_lab(
                 **({"secureon": secureon[name]} if name in secureon else {}),
             }
         role = "gateway" if is_gw else ("machine" if node.kind == "machine" else "guest")
-        hosts.append(HostPlan(
-            node=name, container=cname(name), role=role, kind=node.kind, site=site,
-            networks=tuple(attachments), mac=node.mac, parent=node.parent,
-            cap_add=tuple(caps), devices=tuple(devices), sysctls=tuple(sysctls), binds=tuple(binds),
-            security_opt=tuple(security),
-            volumes=tuple(volumes), files=tuple(files), units=tuple(units),
-            power=cfg.nodes[name].power or is_gw, keep_running=is_gw, vmid=node.vmid,
-        ))
+        hosts.append(
+            HostPlan(
+                node=name,
+                container=cname(name),
+                role=role,
+                kind=node.kind,
+                site=site,
+                networks=tuple(attachments),
+                mac=node.mac,
+                parent=node.parent,
+                cap_add=tuple(caps),
+                devices=tuple(devices),
+                sysctls=tuple(sysctls),
+                binds=tuple(binds),
+                security_opt=tuple(security),
+                volumes=tuple(volumes),
+                files=tuple(files),
+                units=tuple(units),
+                power=cfg.nodes[name].power or is_gw,
+                keep_running=is_gw,
+                vmid=node.vmid,
+            )
+        )
 
     for site_name in fleet.sites:
         config = json.dumps(wol[site_name], indent=2, sort_keys=True) + "\n"
-        hosts.append(HostPlan(
-            node=f"wol-{site_name}", container=cname(f"wol-{site_name}"), role="listener", kind="listener",
-            site=site_name, networks=(Attachment(lan_of[site_name], cfg.listeners[site_name]),),
-            systemd=False, ssh=False, keep_running=True,
-            command=("python3", f"{OPT}/wol_listener.py", "--config", f"{ETC}/wol.json"),
-            binds=((DOCKER_SOCKET, DOCKER_SOCKET, "rw"),),
-            files=(FilePlan(f"{OPT}/wol_listener.py", resource="wol_listener.py"),
-                   FilePlan(f"{OPT}/engine.py", resource="engine.py"),
-                   FilePlan(f"{ETC}/wol.json", config)),
-        ))
+        hosts.append(
+            HostPlan(
+                node=f"wol-{site_name}",
+                container=cname(f"wol-{site_name}"),
+                role="listener",
+                kind="listener",
+                site=site_name,
+                networks=(Attachment(lan_of[site_name], cfg.listeners[site_name]),),
+                systemd=False,
+                ssh=False,
+                keep_running=True,
+                command=("python3", f"{OPT}/wol_listener.py", "--config", f"{ETC}/wol.json"),
+                binds=((DOCKER_SOCKET, DOCKER_SOCKET, "rw"),),
+                files=(
+                    FilePlan(f"{OPT}/wol_listener.py", resource="wol_listener.py"),
+                    FilePlan(f"{OPT}/engine.py", resource="engine.py"),
+                    FilePlan(f"{ETC}/wol.json", config),
+                ),
+            )
+        )
 
     if problems:
         raise LabConfigError(problems)
     return LabPlan(
-        config=cfg, networks=tuple(networks), hosts=tuple(hosts), inner=tuple(inner), apps=tuple(apps),
-        clusters=tuple(clusters), wol=wol, skipped_backends=tuple(skipped), ssh_key=ssh_key or "",
+        config=cfg,
+        networks=tuple(networks),
+        hosts=tuple(hosts),
+        inner=tuple(inner),
+        apps=tuple(apps),
+        clusters=tuple(clusters),
+        wol=wol,
+        skipped_backends=tuple(skipped),
+        ssh_key=ssh_key or "",
         pve_token_file=pve_token,
     )
 
@@ -594,7 +676,7 @@ def _unit_file(unit: str) -> FilePlan:
 
 def _check_overlaps(networks: list[NetworkPlan], problems: list[str]) -> None:
     for i, a in enumerate(networks):
-        for b in networks[i + 1:]:
+        for b in networks[i + 1 :]:
             if a.subnet and b.subnet and ipaddress.ip_network(a.subnet).overlaps(ipaddress.ip_network(b.subnet)):
                 problems.append(f"{_where(a)}: {a.subnet} overlaps {_where(b)} ({b.subnet})")
 
@@ -665,16 +747,28 @@ def _apps(fleet: Fleet) -> tuple[list[AppPlan], list[str]]:
             if node is None:
                 skipped.append(f"services.{svc_name}.backends[{index}]: no lab node has address {backend.address}")
                 continue
-            apps.append(AppPlan(
-                service=svc_name, node=node, site=fleet.site_of(node), address=fleet.backend_address(backend) or "",
-                port=backend.port, policy=svc.policy.mode, health_path=svc.health.path,
-            ))
+            apps.append(
+                AppPlan(
+                    service=svc_name,
+                    node=node,
+                    site=fleet.site_of(node),
+                    address=fleet.backend_address(backend) or "",
+                    port=backend.port,
+                    policy=svc.policy.mode,
+                    health_path=svc.health.path,
+                )
+            )
     return apps, skipped
 
 
 def _app_env(app: AppPlan) -> str:
-    values = {"APP_SERVICE": app.service, "APP_NODE": app.node, "APP_SITE": app.site or "",
-              "APP_PORT": str(app.port), "APP_HEALTH": app.health_path}
+    values = {
+        "APP_SERVICE": app.service,
+        "APP_NODE": app.node,
+        "APP_SITE": app.site or "",
+        "APP_PORT": str(app.port),
+        "APP_HEALTH": app.health_path,
+    }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
@@ -695,8 +789,10 @@ SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"  # lab 
 
 def ini_inventory(fleet: Fleet, plan: LabPlan) -> str:
     """An Ansible INI inventory of every lab host reachable over SSH (edge and fleet nodes)."""
-    lines = ["# Generated by wakegrid lab; the fleet file itself is the inventory once wakegrid.fleet is installed.",
-             "[all]"]
+    lines = [
+        "# Generated by wakegrid lab; the fleet file itself is the inventory once wakegrid.fleet is installed.",
+        "[all]",
+    ]
     for host in plan.hosts:
         if not host.ssh or host.role == "client":
             continue

@@ -14,7 +14,12 @@ top-down, as the control model does:
   (``/nodes/{node}/qemu`` and ``/lxc``: live, where ``/cluster/resources`` has
   pvestatd's last broadcast, up to 10 s old, and keeps a powered-off node's for
   5 minutes); unknown when that API does not answer, its token cannot be read,
-  or it reports another status;
+  or it reports another status. The fleet's ``parent`` is the guest's *preferred*
+  host; the node it runs on is its *current* host: a guest its parent does not
+  list (or whose parent is down) is looked for on the other machines of the
+  parent's Proxmox cluster (``proxmox.cluster``), and found there after a
+  migration (:attr:`PowerState.host`). Not found while a member could not be
+  asked: unknown;
 - a **container** likewise from the Docker API of its parent (``running`` /
   ``exited``, ``created``, ``dead``; unknown for ``paused``, ``restarting``, … and
   when the API does not answer);
@@ -63,6 +68,7 @@ class PowerState:
     node: str
     power: Power
     detail: str
+    host: str | None = None  # a guest's current host, when it is not its fleet parent (it migrated)
 
     @property
     def up(self) -> bool:
@@ -140,6 +146,10 @@ def observe_power(
     for name in names:
         wanted.add(name)
         wanted.update(fleet.ancestors(name))
+    reported = set(wanted)
+    for name in list(wanted):  # a guest may run on any machine of its parent's Proxmox cluster: probe them too
+        if fleet.nodes[name].kind in ("vm", "lxc"):
+            wanted.update(_cluster_peers(fleet, fleet.nodes[name].parent))
     ordered = [name for name in fleet.nodes if name in wanted]
     states: dict[str, PowerState] = {}
 
@@ -150,11 +160,15 @@ def observe_power(
     # 2. guests: one call per Proxmox API of an up parent
     guests = [name for name in ordered if fleet.nodes[name].kind in ("vm", "lxc")]
     hosts = _up_parents(fleet, guests, states)
+    for guest in guests:
+        for peer in _cluster_peers(fleet, fleet.nodes[guest].parent):
+            if peer not in hosts and states[peer].power == "up":
+                hosts.append(peer)
     listings = _parallel(
         hosts, lambda host: _listing(lambda: _proxmox_listing(fleet, host, secret_of, probes, api_timeout))
     )
     for name in guests:
-        states[name] = _hosted_state(fleet, name, states, listings)
+        states[name] = _guest_state(fleet, name, states, listings)
 
     # 3. containers: one call per Docker API of an up parent
     containers = [name for name in ordered if fleet.nodes[name].kind == "container"]
@@ -162,11 +176,33 @@ def observe_power(
     listings = _parallel(hosts, lambda host: _listing(lambda: _docker_listing(fleet, host, probes, api_timeout)))
     for name in containers:
         states[name] = _hosted_state(fleet, name, states, listings)
-    return {name: states[name] for name in ordered}
+    return {name: states[name] for name in ordered if name in reported}
 
 
 def up_nodes(states: Mapping[str, PowerState]) -> set[str]:
     return {name for name, state in states.items() if state.power == "up"}
+
+
+def as_observed(fleet: Fleet, states: Mapping[str, PowerState]) -> Fleet:
+    """The fleet with every migrated guest under the machine it runs on now.
+
+    The fleet file's ``parent`` is a guest's *preferred* host; where it was observed is its *current*
+    one (:attr:`PowerState.host`). Plans act on the current host: shutting the preferred one down
+    leaves the guest alone, starting the guest wakes the machine it is on, and its steps talk to
+    that machine's API. Nothing moved: the same fleet object (per-fleet caches stay warm).
+    """
+    moved = {
+        name: state.host
+        for name, state in states.items()
+        if state.host in fleet.nodes and name in fleet.nodes and fleet.nodes[name].parent != state.host
+    }
+    if not moved:
+        return fleet
+    nodes = {
+        name: node.model_copy(update={"parent": moved[name]}) if name in moved else node
+        for name, node in fleet.nodes.items()
+    }
+    return fleet.model_copy(update={"nodes": nodes})
 
 
 def unknown_nodes(states: Mapping[str, PowerState]) -> dict[str, str]:
@@ -195,6 +231,51 @@ def _up_parents(fleet: Fleet, names: list[str], states: Mapping[str, PowerState]
         if parent is not None and parent not in parents and parent in states and states[parent].power == "up":
             parents.append(parent)
     return parents
+
+
+def _cluster_peers(fleet: Fleet, machine: str | None) -> list[str]:
+    """The other Proxmox machines of ``machine``'s cluster, in file order (none outside a declared cluster)."""
+    if machine is None or fleet.nodes[machine].proxmox is None:
+        return []
+    cluster = fleet.nodes[machine].proxmox.cluster  # type: ignore[union-attr]
+    if not cluster:
+        return []
+    return [name for name in fleet.cluster_members(cluster) if name != machine]
+
+
+def _guest_state(fleet: Fleet, name: str, states: Mapping[str, PowerState], listings: Mapping) -> PowerState:
+    """A guest from its parent's listing, else from the other members of its cluster (it may have migrated).
+
+    Its parent's answer wins when it lists the guest, and a parent whose API failed leaves it
+    unknown (as before migration existed). Only a parent that is down, or that answered without
+    the guest, sends the search to the peers: a vmid is unique in a cluster, so a peer listing it
+    is where it runs now.
+    """
+    node = fleet.nodes[name]
+    parent = node.parent
+    assert parent is not None
+    own = _hosted_state(fleet, name, states, listings)
+    peers = _cluster_peers(fleet, parent)
+    parent_listing = listings.get(parent)
+    parent_lacks_it = isinstance(parent_listing, dict) and node.vmid not in parent_listing
+    if not peers or not (states[parent].power == "down" or parent_lacks_it):
+        return own
+    unanswered = []
+    for peer in peers:
+        listing = listings.get(peer)
+        if isinstance(listing, dict) and node.vmid in listing:
+            status = listing[node.vmid]
+            detail = f"Proxmox API of {peer}: {node.kind} {node.vmid} {status} (its preferred host is {parent})"
+            return PowerState(name, _PROXMOX_POWER.get(status, "unknown"), detail, host=peer)
+        if states[peer].power == "unknown":
+            unanswered.append(f"{peer} is unknown: {states[peer].detail}")
+        elif isinstance(listing, ProbeError):
+            unanswered.append(str(listing))
+    if unanswered:
+        where = f"its host {parent} is down" if states[parent].power == "down" else own.detail
+        return PowerState(name, "unknown", f"{where}, and it may run on another machine of its cluster: "
+                          + "; ".join(unanswered))  # fmt: skip
+    return own
 
 
 def _observe_machine(fleet: Fleet, name: str, probes: Probes, timeout: float) -> PowerState:

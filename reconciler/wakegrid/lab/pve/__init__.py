@@ -33,6 +33,7 @@ from .server import HEARTBEAT_INTERVAL, ApiHandler, ApiServer, main, serve
 from .store import (
     DEFAULT_MAXDISK,
     DEFAULT_MAXMEM,
+    DEFAULT_STORAGES,
     GUEST_KINDS,
     HEARTBEAT_STALE,
     NODE_RE,
@@ -46,6 +47,7 @@ from .tls import ensure_certificate
 __all__ = [
     "DEFAULT_MAXDISK",
     "DEFAULT_MAXMEM",
+    "DEFAULT_STORAGES",
     "GUEST_KINDS",
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_STALE",

@@ -8,6 +8,8 @@ server (:class:`_Proxy`), which forwards it like pveproxy.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 import socket
@@ -18,7 +20,7 @@ from .errors import ApiError, die, param_error
 from .migrate import LxcMigration
 from .node import Node
 from .schema import P, _check_vmid, _parse_storage_map, check_params
-from .store import DEFAULT_MAXDISK
+from .store import DEFAULT_MAXDISK, DEFAULT_MAXMEM
 from .tasks import TASK_STATUS_TYPES, UPID_RE, Task, list_tasks, read_task
 
 PVE_VERSION = {"version": "8.2.4", "release": "8.2", "repoid": "faa83925c9641325"}
@@ -45,6 +47,12 @@ class Emulator(Node):
             ("GET", f"/nodes/{node}/status", self.api_node_status, no_params),
             ("GET", f"/nodes/{node}/{kind}", self.api_guest_list, {"full": P("boolean")}),
             ("GET", f"/nodes/{node}/{kind}/{vmid}/status/current", self.api_guest_current, no_params),
+            (
+                "GET",
+                f"/nodes/{node}/lxc/{vmid}/config",
+                self.api_lxc_config,
+                {"current": P("boolean"), "snapshot": P()},
+            ),
             (
                 "POST",
                 f"/nodes/{node}/{kind}/{vmid}/status/start",
@@ -90,7 +98,7 @@ class Emulator(Node):
                     "restart": P("boolean"),
                     "target-storage": P(),
                     "timeout": P("integer"),
-                    "bwlimit": P("number"),
+                    "bwlimit": P("number", minimum=0),
                     "force": P("boolean"),
                 },
             ),
@@ -259,6 +267,31 @@ class Emulator(Node):
         status["ha"] = {"managed": 0}
         return status
 
+    def api_lxc_config(self, user: str, node: str, vmid: int, **_) -> dict:
+        """pve-container API2/LXC/Config.pm vm_config: the config file's keys, mount points as property strings."""
+        guest = self.load_config(vmid, "lxc")
+        config: dict = {
+            "hostname": guest["name"],
+            "memory": int(guest.get("maxmem", DEFAULT_MAXMEM)) >> 20,
+            "swap": 512,
+            "cores": guest.get("cpus", 1),
+            "arch": "amd64",
+            "ostype": "debian",
+            "rootfs": f"{guest.get('rootfs')},size={_format_size(guest.get('maxdisk', DEFAULT_MAXDISK))}",
+            "digest": hashlib.sha1(json.dumps(guest, sort_keys=True).encode()).hexdigest(),
+        }
+        for key, mount in sorted(guest.get("mounts", {}).items()):
+            text = f"{mount.get('volume')},mp={mount.get('mp', '/mnt/' + key)}"
+            if mount.get("size"):
+                text += f",size={_format_size(mount['size'])}"
+            if mount.get("shared"):
+                text += ",shared=1"
+            config[key] = text
+        for key in ("onboot", "tags", "lock"):
+            if guest.get(key):
+                config[key] = guest[key]
+        return config
+
     def api_guest_start(self, user: str, node: str, kind: str, vmid: int, skiplock: bool = False, **_) -> str:
         guest = self.load_config(vmid, kind)
         if kind == "lxc" and self.is_running(guest):  # pve-container refuses before forking, qemu-server inside
@@ -315,10 +348,15 @@ class Emulator(Node):
         if self.is_running(guest) and not online and not restart:
             raise die("can't migrate running container without --online or --restart")
         storage_map = _parse_storage_map(params.get("target-storage"))
+        for target_sid in sorted(set(storage_map.values())):  # API2/LXC.pm $check_storage_access_migrate
+            scfg = self.state.storage_check_enabled(target_sid, target)
+            if "rootdir" not in str(scfg.get("content", "")).split(","):
+                raise die(f"storage '{target_sid}' does not support CT rootdirs")
+        bwlimit = params.get("bwlimit")
 
         def work(task: Task) -> None:
             with self.guest_lock(vmid, "lxc"):
-                LxcMigration(self, task, vmid, target, online, restart, timeout, storage_map).run()
+                LxcMigration(self, task, vmid, target, online, restart, timeout, storage_map, bwlimit).run()
 
         return self.spawn("vzmigrate", str(vmid), user, work)
 
@@ -390,6 +428,16 @@ class Emulator(Node):
             if exc.errors:
                 body["errors"] = exc.errors
             return exc.status, exc.message, body
+
+
+def _format_size(size: int) -> str:
+    """PVE::JSONSchema::format_size: the largest unit that divides the size exactly (8G, 512M, 1536K)."""
+    size = int(size)
+    for unit in ("", "K", "M", "G"):
+        if size % 1024:
+            return f"{size}{unit}"
+        size //= 1024
+    return f"{size}T"
 
 
 def _qdevice_alive(qdevice: dict) -> bool:

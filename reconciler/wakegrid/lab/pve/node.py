@@ -66,11 +66,13 @@ class Node(Auth):
         migrate_delay: float = 2.0,
         stop_timeout: int = 30,
         status_interval: float = STATUS_INTERVAL,
+        copy_rate: float | None = None,
     ):
         self.node = node
         self.state = ClusterState(cluster_dir)
         self.engine = docker_engine.Engine(docker_socket)
-        self.migrate_delay = migrate_delay  # seconds of simulated disk copy, so a migration is observable
+        self.migrate_delay = migrate_delay  # seconds to copy a default-size volume, so a migration is observable
+        self.copy_bps = copy_rate  # bytes per second of the simulated migration link (overrides migrate_delay)
         self.stop_timeout = stop_timeout  # per-guest clean shutdown time on node poweroff (stopall)
         self.status_interval = status_interval  # seconds between two broadcasts of the guests' status
         self._last_broadcast: float | None = None
@@ -135,6 +137,15 @@ class Node(Auth):
         if guest.get("lock"):
             status["lock"] = guest["lock"]
         return status
+
+    def copy_rate(self, bwlimit: float | None = None) -> float | None:
+        """Bytes per second a migration copies at (None: at once), lowered to ``bwlimit`` KiB/s when set."""
+        rate = self.copy_bps
+        if rate is None and self.migrate_delay > 0:
+            rate = DEFAULT_MAXDISK / self.migrate_delay
+        if bwlimit:  # 0 is no limit
+            rate = min(rate, bwlimit * 1024) if rate else bwlimit * 1024
+        return rate
 
     def local_guests(self) -> list[dict]:
         return [g for g in self.state.guests().values() if g.get("node") == self.node]

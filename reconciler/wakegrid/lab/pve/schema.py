@@ -50,6 +50,8 @@ def check_params(raw: dict[str, object], schema: dict[str, P]) -> dict[str, obje
         elif kind == "number":
             if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value):
                 errors[key] = f"type check ('number') failed - got '{value}'"
+            elif spec.minimum is not None and float(value) < spec.minimum:
+                errors[key] = f"value must have a minimum value of {spec.minimum}"
             else:
                 out[key] = float(value)
         else:

@@ -169,6 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         args.migrate_delay,
         args.stop_timeout,
         status_interval=args.status_interval,
+        copy_rate=args.copy_rate,
     )
     if args.node not in emulator.state.nodes():
         log.error("node %s is not in %s/cluster.json", args.node, args.cluster_dir)
@@ -216,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8006)
     parser.add_argument("--docker-socket", default="/var/run/docker.sock")
     parser.add_argument("--cert-dir", help="where pve-ssl.pem/pve-ssl.key live (default: <cluster-dir>/nodes/<node>)")
-    parser.add_argument("--migrate-delay", type=float, default=2.0, help="simulated disk copy time of a migration")
+    parser.add_argument(
+        "--migrate-delay",
+        type=float,
+        default=2.0,
+        help="seconds a migration takes to copy a default-size (8 GiB) volume; bigger ones take longer",
+    )
+    parser.add_argument(
+        "--copy-rate", type=float, help="bytes per second of the simulated migration copy (overrides --migrate-delay)"
+    )
     parser.add_argument("--stop-timeout", type=int, default=30, help="clean shutdown time per guest on poweroff")
     parser.add_argument(
         "--status-interval",

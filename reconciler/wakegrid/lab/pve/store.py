@@ -25,6 +25,13 @@ DEFAULT_MAXMEM = 512 * 1024 * 1024
 DEFAULT_MAXDISK = 8 * 1024 * 1024 * 1024
 NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
 GUEST_KINDS = {"lxc": ("CT", "lxc"), "qemu": ("VM", "qemu-server")}  # guest_type() and config dir per kind
+# /etc/pve/storage.cfg of a fresh install: "local" plus "local-lvm" (ext4/LVM install) or "local-zfs" (ZFS
+# install); the lab's cluster has both on every node. Guest disks default to local-lvm.
+DEFAULT_STORAGES = {
+    "local": {"type": "dir", "content": "iso,vztmpl,backup", "path": "/var/lib/vz"},
+    "local-lvm": {"type": "lvmthin", "content": "rootdir,images", "vgname": "pve", "thinpool": "data"},
+    "local-zfs": {"type": "zfspool", "content": "rootdir,images", "pool": "rpool/data", "sparse": 1},
+}
 
 
 def _read_json(path: Path, default=None):
@@ -105,6 +112,22 @@ class ClusterState:
         needed = expected // 2 + 1
         return {"expected": expected, "present": present, "needed": needed, "quorate": present >= needed}
 
+    def storages(self) -> dict[str, dict]:
+        """storage.cfg: ``{id: {"type", "content": "rootdir,images", "nodes": "pve1,pve2", "shared", "disable"}}``."""
+        return _read_json(self.root / "storage.json", DEFAULT_STORAGES)
+
+    def storage_check_enabled(self, storeid: str, node: str | None = None) -> dict:
+        """pve-storage src/PVE/Storage.pm storage_check_enabled (+ storage_config, storage_check_node)."""
+        scfg = self.storages().get(storeid)
+        if scfg is None:
+            raise die(f"storage '{storeid}' does not exist")
+        if scfg.get("disable"):
+            raise die(f"storage '{storeid}' is disabled")
+        nodes = [n for n in str(scfg.get("nodes") or "").split(",") if n]
+        if node and nodes and node not in nodes:
+            raise die(f"storage '{storeid}' is not available on node '{node}'")
+        return scfg
+
     def tokens(self) -> dict[str, str]:
         return _read_json(self.root / "priv" / "tokens.json", {})
 
@@ -163,12 +186,15 @@ def init_cluster(
     users: dict[str, str] | None = None,
     qdevice: dict | None = None,
     expected_votes: int | None = None,
+    storages: dict[str, dict] | None = None,
 ) -> ClusterState:
     """Create (or update) a cluster directory: ``nodes`` maps node name to ``{"ip": …, "port": 8006}``
     (and optionally ``"votes"``, default 1); ``qdevice`` is ``{"ip": …, "port": …, "votes": 1}``: its
     vote counts while that address accepts TCP connections (corosync-qnetd listens on 5403).
 
     ``tokens`` maps ``user@realm!tokenid`` to its secret, ``users`` maps ``user@realm`` to a password.
+    ``storages`` is storage.cfg (default :data:`DEFAULT_STORAGES`): ``{id: {"type": "lvmthin", "content":
+    "rootdir,images", "nodes": "pve1", "shared": 0, "disable": 0}}``.
     """
     state = ClusterState(cluster_dir)
     for node in nodes:
@@ -187,6 +213,8 @@ def init_cluster(
             _write_json(state.root / "priv" / "tokens.json", tokens)
         if users is not None:
             _write_json(state.root / "priv" / "users.json", users)
+        if storages is not None:
+            _write_json(state.root / "storage.json", storages)
     state.authkey()
     return state
 
@@ -210,7 +238,8 @@ def write_guest(
     """Declare a guest (``guests/<vmid>.json``); its Docker ``container`` (default: ``name``) must exist.
 
     ``mounts`` maps ``mpN`` to ``{"volume": "/srv/media" | "local-lvm:vm-201-disk-1", "mp": "/media",
-    "bind": bool, "shared": bool}``; a non-shared bind mount blocks migration like on real PVE.
+    "bind": bool, "shared": bool, "size": bytes}``; a non-shared bind mount blocks migration like on real
+    PVE. ``maxdisk`` is the rootfs size: a migration copies it in a time that follows it.
     """
     if type not in GUEST_KINDS:
         raise ValueError(f"guest type must be 'lxc' or 'qemu', not {type!r}")

@@ -1,0 +1,1 @@
+"""The daemon's web parts: the wake request path (:mod:`wakegrid.web.wake`) and its waiting page."""
