@@ -73,7 +73,7 @@ def add_daemon_commands(sub) -> None:
     install.add_argument(
         "--config",
         metavar="FILE",
-        help=f"the daemon's config (default: listen on 0.0.0.0:{DAEMON_PORT}: the edge's Caddy and this machine reach it)",
+        help=f"the daemon's config (default: listen on 0.0.0.0:{DAEMON_PORT}, for the edge's Caddy and this machine)",
     )
     install.add_argument(
         "--dry-run", action="store_true", help="the daemon decides and logs, never acts (wakegrid daemon --dry-run)"
