@@ -23,7 +23,8 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # tests drive through Playwright (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: it never downloads its own).
 PACKAGES=(python3 python3-venv python3-dev gcc git ca-certificates curl openssl
           docker.io wireguard-tools wireguard-go debootstrap busybox-static
-          openssh-client iproute2 iputils-ping chromium)
+          openssh-client iproute2 iputils-ping chromium
+          docker-compose)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -115,6 +115,14 @@ class LabHandle:
         for site in self.fleet.sites:
             if self.lab.is_cut(site):
                 self.lab.restore_site(site)
+                # The tunnel comes back with the gateway's next handshake: the next test must find the
+                # site reachable from the edge, as `up` leaves it, not a few seconds later.
+                gateway = self.fleet.sites[site].gateway
+                self.wait_until(
+                    lambda g=gateway: self.ping(self.fleet.edge.host, self.address(g)),
+                    60,
+                    f"the edge reaching {gateway} through the restored tunnel",
+                )
         for host in self.plan.hosts:  # plan order: parents before children
             if host.power and not self.is_on(host.node):
                 self.lab.power(host.node, True)

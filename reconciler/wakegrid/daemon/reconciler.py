@@ -94,6 +94,7 @@ class Reconciler:
         self._round_lock = asyncio.Lock()
         self._kicked = False
         self._in_job = False
+        self._run_ended = False  # a run ended during the current round's observation
         self.on_kick: Callable[[], None] | None = None  # the scheduler's "run the round job now"
         self._tasks: set[asyncio.Task] = set()
         # Pools being pushed: decided as if already in place, so no round pushes them again meanwhile.
@@ -157,6 +158,8 @@ class Reconciler:
             while self._kicked:
                 self._kicked = False
                 await self.run_round()
+        except asyncio.CancelledError:
+            return  # the daemon is stopping: the round in progress is abandoned, nothing was half-acted
         finally:
             self._in_job = False
 
@@ -164,10 +167,15 @@ class Reconciler:
         async with self._round_lock:
             started = time.monotonic()
             fleet = self.fleet  # one fleet for the whole round, even if a reload lands meanwhile
+            self._run_ended = False
             observed = await self.observe(fleet)
             self._after_observation(fleet, observed)
             decisions = self.decide(fleet, observed)
-            if not self.dry_run:
+            if self._run_ended:
+                # A run ended while this round looked: what it saw may predate that run (a node it
+                # just stopped, read as still up). Decided and logged, not acted on: look again.
+                self.kick()
+            elif not self.dry_run:
                 self.act(fleet, decisions)
             self.metrics.round_seconds.observe(time.monotonic() - started)
             return decisions
@@ -259,6 +267,7 @@ class Reconciler:
             kind, node, reason, extravars=extravars, timeout=self.config.run_timeout, nodes=nodes
         )
         result = await handle.wait()
+        self._run_ended = True
         ok = handle.state == "done"
         self._outcome(kind, node, handle, result)
         now = utcnow()
@@ -293,6 +302,7 @@ class Reconciler:
         )
         try:
             result = await handle.wait()
+            self._run_ended = True
             self._outcome("routes", "the edge", handle, result)
             if handle.state == "done":
                 self.metrics.pool_pushes.inc()
