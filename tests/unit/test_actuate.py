@@ -294,10 +294,19 @@ class FakeProbes:
 
 
 def test_nodes_to_observe_follow_dependencies_hosts_and_gateways(fleet):
-    assert nodes_to_observe(fleet, "jellyfin", "start") == ["gw-dijon", "nas", "pve1", "jellyfin"]
-    assert nodes_to_observe(fleet, "sandbox", "start") == ["gw-dijon", "pve1", "vm-docker", "sandbox"]
-    # a stop looks at everything linked: what it hosts, its dependants, their dependencies
-    assert nodes_to_observe(fleet, "nas", "stop") == ["nas", "pve1", "vm-docker", "jellyfin", "sandbox"]
+    # pve2 and gw-dijon (the QDevice) too: the quorum of pve1's cluster counts them
+    assert nodes_to_observe(fleet, "jellyfin", "start") == ["gw-dijon", "nas", "pve1", "pve2", "jellyfin"]
+    assert nodes_to_observe(fleet, "sandbox", "start") == ["gw-dijon", "pve1", "pve2", "vm-docker", "sandbox"]
+    # a stop looks at everything linked: what it hosts, its dependants, their dependencies, and their cluster
+    assert nodes_to_observe(fleet, "nas", "stop") == [
+        "gw-dijon",
+        "nas",
+        "pve1",
+        "pve2",
+        "vm-docker",
+        "jellyfin",
+        "sandbox",
+    ]
     assert nodes_to_observe(fleet, "srv-thory", "stop") == ["srv-thory"]
 
 

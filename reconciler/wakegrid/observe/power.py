@@ -119,6 +119,13 @@ def nodes_to_observe(fleet: Fleet, target: str, operation: Literal["start", "sto
         else:
             linked += [*fleet.children(name), *fleet.dependants_of(name)]
         todo.extend(n for n in linked if n in fleet.nodes and n not in wanted)
+    # A Proxmox cluster's quorum counts every member and its QDevice: a guest that migrated to a
+    # member keeps running there only while they are up, so plans need their power too.
+    for cluster in {fleet.cluster_of(name) for name in wanted} - {None}:
+        wanted.update(fleet.cluster_members(cluster))
+        qdevice = fleet.clusters[cluster].qdevice if cluster in fleet.clusters else None
+        if qdevice in fleet.nodes:
+            wanted.add(qdevice)
     return [name for name in fleet.nodes if name in wanted]
 
 
