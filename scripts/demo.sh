@@ -49,5 +49,9 @@ printf "      docker exec wakegrid-lab-client curl -sk --resolve stream.lab.wake
 printf '    and an API client, held until the whole chain is up, then the app'"'"'s own answer:\n'
 printf "      docker exec wakegrid-lab-client curl -sk --max-time 150 --resolve sandbox.lab.wakegrid.test:443:%s -H 'Content-Type: application/json' -d '{\"hello\": \"world\"}' https://sandbox.lab.wakegrid.test/api/echo\n" "$EDGE"
 printf '    watch the chain wake:  wakegrid lab daemon logs %s -n 20   ·   watch -n1 wakegrid lab status %s\n' "$LAB" "$LAB"
-printf '    its metrics:           curl -s %s/metrics | grep -E "^wakegrid_(wakes|boot)"\n' "$URL"
+CERT=/var/cache/wakegrid-lab/daemon/tls.crt   # wakegrid lab daemon admin: the lab daemon's own certificate
+TOKEN=/var/cache/wakegrid-lab/daemon/admin-token
+printf '    its dashboard:         %s/admin (self-signed certificate; log in with the token in %s)\n' "$URL" "$TOKEN"
+printf '    its API:               curl -s --cacert %s -H "Authorization: Bearer $(cat %s)" %s/api/status\n' "$CERT" "$TOKEN" "$URL"
+printf '    its metrics:           curl -s --cacert %s -H "Authorization: Bearer $(cat %s)" %s/metrics | grep -E "^wakegrid_(wakes|boot)"\n' "$CERT" "$TOKEN" "$URL"
 printf '    remove the lab:        wakegrid lab down %s\n' "$LAB"

@@ -99,6 +99,7 @@ class Decisions:
     stops: tuple[Stop, ...]
     pools: tuple[Pool, ...]  # only the services whose pool differs from memory.pools
     wanted: Mapping[str, str]  # service → why it is wanted, kept, or not wanted now
+    wanted_now: frozenset[str] = frozenset()  # the services the policy wants running now
 
     @property
     def idle(self) -> bool:
@@ -449,6 +450,7 @@ def decide(
         stops=tuple(stops),
         pools=tuple(pools),
         wanted={name: want.reason for name, want in wants.items()},
+        wanted_now=frozenset(name for name, want in wants.items() if want.keep),
     )
 
 

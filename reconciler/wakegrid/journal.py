@@ -100,6 +100,30 @@ class DecisionRow(TypedDict):
     reason: str
 
 
+class WakeRow(TypedDict):
+    id: int
+    service: str
+    requested_at: datetime
+    finished_at: datetime
+    ok: bool
+    seconds: float
+    requests: int
+
+
+class BootRow(TypedDict):
+    id: int
+    node: str
+    started_at: datetime
+    up_at: datetime
+    seconds: float
+
+
+class PinRow(TypedDict):
+    kind: str  # "node" | "service"
+    name: str
+    pinned_at: datetime
+
+
 @dataclass(frozen=True)
 class NodeBoots:
     """How a node boots: from the journaled start step to being seen up."""
@@ -174,7 +198,13 @@ class Store(Protocol):
         ...
 
     def decisions(
-        self, limit: int = 100, offset: int = 0, subject: str | None = None, since: datetime | None = None
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        subject: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        verdict: str | None = None,
     ) -> list[DecisionRow]: ...
 
     # wakes
@@ -189,6 +219,36 @@ class Store(Protocol):
     def wake_history(self, service: str | None = None) -> dict[str, ServiceWakes]: ...
 
     def boot_history(self, node: str | None = None) -> dict[str, NodeBoots]: ...
+
+    # history, page by page (newest first)
+    def wakes(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        service: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[WakeRow]: ...
+
+    def boots(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        node: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[BootRow]: ...
+
+    # the dashboard's front page
+    def pin(self, kind: str, name: str, at: datetime | None = None) -> bool:
+        """True when newly pinned."""
+        ...
+
+    def unpin(self, kind: str, name: str) -> bool:
+        """True when it was pinned."""
+        ...
+
+    def pins(self) -> list[PinRow]: ...
 
     # what decisions remember
     def note_activity(self, service: str, at: datetime) -> None: ...
@@ -302,9 +362,25 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    # What an admin pinned to the dashboard's front page (a fleet node or service, by name).
+    conn.execute(
+        """CREATE TABLE pins (
+            kind TEXT NOT NULL CHECK (kind IN ('node', 'service')),
+            name TEXT NOT NULL,
+            pinned_at TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        )"""
+    )
+    conn.execute("CREATE INDEX wakes_finished ON wakes (finished_at)")
+    conn.execute("CREATE INDEX boots_up ON boots (up_at)")
+
+
 # MIGRATIONS[i] takes the schema from version i to i + 1, inside the transaction that records i + 1.
 # Append, never edit: a journal written by an older daemon is brought up to date at open.
-MIGRATIONS: tuple[Migration, ...] = (_schema_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_schema_v1, _schema_v2)
+
+PIN_KINDS = ("node", "service")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -329,6 +405,34 @@ def _nonnegative(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer ≥ 0, not {value!r}")
     return value
+
+
+def _filters(
+    limit: int, offset: int, time_column: str, since: datetime | None, until: datetime | None, **equal: str | None
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (with its parameters) for a page of a history table; bad bounds are ValueErrors."""
+    _nonnegative("limit", limit)
+    _nonnegative("offset", offset)
+    if since is not None and until is not None and until < since:
+        raise ValueError(f"until ({until.isoformat()}) is before since ({since.isoformat()})")
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in equal.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append(f"{time_column} >= ?")
+        params.append(_ts(since))
+    if until is not None:
+        where.append(f"{time_column} < ?")
+        params.append(_ts(until))
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def _pin_kind(kind: str) -> None:
+    if kind not in PIN_KINDS:
+        raise ValueError(f"unknown pin kind {kind!r} (one of {', '.join(PIN_KINDS)})")
 
 
 def _text(name: str, value: object) -> str:
@@ -718,19 +822,16 @@ class SqliteStore:
         return self._last_decision
 
     def decisions(
-        self, limit: int = 100, offset: int = 0, subject: str | None = None, since: datetime | None = None
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        subject: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        verdict: str | None = None,
     ) -> list[DecisionRow]:
         """The decision log, newest first: each row a change of a subject's verdict or reason."""
-        _nonnegative("limit", limit)
-        _nonnegative("offset", offset)
-        where, params = [], []
-        if subject is not None:
-            where.append("subject = ?")
-            params.append(subject)
-        if since is not None:
-            where.append("at >= ?")
-            params.append(_ts(since))
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _filters(limit, offset, "at", since, until, subject=subject, verdict=verdict)
         with self._transaction("read the decision log", write=False) as conn:
             rows = conn.execute(
                 f"SELECT id, at, subject, verdict, reason FROM decisions{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -853,6 +954,87 @@ class SqliteStore:
                 last_requests=tuple(requests.get(last_id, ())),
             )
         return history
+
+    def wakes(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        service: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[WakeRow]:
+        """Wakes, newest first (by when they finished): time from the first request to ready, or failed."""
+        clause, params = _filters(limit, offset, "finished_at", since, until, service=service)
+        with self._transaction("read wakes", write=False) as conn:
+            rows = conn.execute(
+                "SELECT id, service, requested_at, finished_at, ok, seconds, requests FROM wakes"
+                f"{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return [
+            WakeRow(
+                id=r[0],
+                service=r[1],
+                requested_at=datetime.fromisoformat(r[2]),
+                finished_at=datetime.fromisoformat(r[3]),
+                ok=bool(r[4]),
+                seconds=r[5],
+                requests=r[6],
+            )
+            for r in rows
+        ]
+
+    def boots(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        node: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[BootRow]:
+        """Boots, newest first (by when the node was seen up)."""
+        clause, params = _filters(limit, offset, "up_at", since, until, node=node)
+        with self._transaction("read boots", write=False) as conn:
+            rows = conn.execute(
+                f"SELECT id, node, started_at, up_at, seconds FROM boots{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return [
+            BootRow(
+                id=r[0],
+                node=r[1],
+                started_at=datetime.fromisoformat(r[2]),
+                up_at=datetime.fromisoformat(r[3]),
+                seconds=r[4],
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ pins
+
+    def pin(self, kind: str, name: str, at: datetime | None = None) -> bool:
+        """Pin a node or service to the dashboard's front page; True when it was not pinned yet."""
+        _pin_kind(kind)
+        stamp = _ts(at or _now())
+        with self._transaction("pin") as conn:
+            return (
+                conn.execute(
+                    "INSERT INTO pins (kind, name, pinned_at) VALUES (?, ?, ?) ON CONFLICT (kind, name) DO NOTHING",
+                    (kind, _text("name", name), stamp),
+                ).rowcount
+                == 1
+            )
+
+    def unpin(self, kind: str, name: str) -> bool:
+        _pin_kind(kind)
+        with self._transaction("unpin") as conn:
+            return conn.execute("DELETE FROM pins WHERE kind = ? AND name = ?", (kind, name)).rowcount == 1
+
+    def pins(self) -> list[PinRow]:
+        """What is pinned, oldest first (the front page's order)."""
+        with self._transaction("read pins", write=False) as conn:
+            rows = conn.execute("SELECT kind, name, pinned_at FROM pins ORDER BY pinned_at, kind, name").fetchall()
+        return [PinRow(kind=r[0], name=r[1], pinned_at=datetime.fromisoformat(r[2])) for r in rows]
 
     # ------------------------------------------------------------------ what decisions remember
 

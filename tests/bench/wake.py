@@ -143,6 +143,10 @@ class WakeLab:
     # -- the daemon
     def start_daemon(self, tmp: Path, fresh_journal: bool = True, **config: Any) -> None:
         config_path = tmp / "wake.daemon.yml"
+        from wakegrid.lab.daemon import admin_section
+
+        # This machine reads /metrics: it is one of the lab daemon's admin networks.
+        config = {"admin": admin_section(self.lab), **config}
         config_path.write_text(yaml.safe_dump(daemon_config(**config), sort_keys=False))
         self.stop_daemon()
         report = self.daemon.install(self.fleet_path, config_path)
@@ -151,6 +155,7 @@ class WakeLab:
             self.edge_exec("rm", "-f", JOURNAL, f"{JOURNAL}-wal", f"{JOURNAL}-shm")
         self.daemon.start()
         self.url = self.daemon.url()
+        self.tls = self.daemon.ssl_context()  # trusts the lab daemon's certificate when it serves HTTPS
 
     def stop_daemon(self) -> None:
         if self.daemon.exec(["test", "-f", "/etc/systemd/system/wakegrid.service"]).returncode == 0:
@@ -159,7 +164,11 @@ class WakeLab:
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+        from wakegrid.lab.daemon import lab_credentials
+
+        token = lab_credentials(self.lab).token  # /metrics is for admins (docs/security.md)
+        request = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5, context=self.tls) as response:
             text = response.read().decode()
         total = 0.0
         for family in text_string_to_metric_families(text):
@@ -170,7 +179,7 @@ class WakeLab:
 
     def last_round(self) -> datetime | None:
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=5, context=self.tls) as response:
                 stamp = json.loads(response.read()).get("last_round")
         except OSError:
             return None

@@ -102,10 +102,17 @@ class Daemon:
     # -- running it
     def start(self, name: str, fleet: dict, **config: Any) -> None:
         """Install ``fleet`` (as NAME.fleet.yml) and the config with ``config`` on top; start on an empty journal."""
+        from wakegrid.lab.daemon import admin_section
+
         fleet_path = self.tmp / f"{name}.fleet.yml"
         fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
         config_path = self.tmp / f"{name}.daemon.yml"
-        settings = {"listen": f"{self.lab.fleet.edge.address}:9380", "interval": f"{INTERVAL:g}s", "stop_grace": "5s"}
+        settings = {
+            "listen": f"{self.lab.fleet.edge.address}:9380",
+            "interval": f"{INTERVAL:g}s",
+            "stop_grace": "5s",
+            "admin": admin_section(self.lab.lab),  # this machine reads /metrics and /healthz
+        }
         config_path.write_text(yaml.safe_dump({**settings, **config}, sort_keys=False))
         self.stop()
         report = self.unit.install(fleet_path, config_path)
@@ -134,7 +141,12 @@ class Daemon:
 
     # -- what it says
     def _get(self, path: str) -> str:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+        from wakegrid.lab.daemon import lab_credentials
+
+        # The lab's admin token: /metrics is for admins (docs/security.md); /healthz takes it too.
+        token = lab_credentials(self.lab.lab).token
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.read().decode()
 
     def healthz(self) -> dict:

@@ -23,6 +23,7 @@ import yaml
 from support import free_port, wait_for
 
 WAKEGRID = [sys.executable, "-m", "wakegrid.cli"]
+TOKEN = "daemon-process-test-token-4f9a2c"  # /metrics needs read access (docs/security.md)
 
 
 def _fleet(backend_port: int) -> dict:
@@ -78,6 +79,7 @@ def files(tmp_path: Path, backend: int):
                 "interval": "1s",
                 "caddy": {"admin": f"127.0.0.1:{free_port()}", "access_log": None},  # no Caddy here: unknown
                 "wireguard": {"command": ["false"]},
+                "admin": {"token": TOKEN},
             }
         )
     )
@@ -85,7 +87,8 @@ def files(tmp_path: Path, backend: int):
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, response.read().decode()
 
 

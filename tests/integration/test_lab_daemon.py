@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,7 +133,10 @@ def test_installed_wakegrid_validates_the_fleet_and_ansible_runs(daemon, install
 
 def test_the_fleet_its_files_the_collection_and_the_unit_are_in_place(daemon, installed):
     listing = _vps(daemon, "sh", "-c", "ls /etc/wakegrid").stdout.split()
-    assert sorted(listing) == ["daemon.yml", "short.fleet.yml"]  # one fleet: the one the unit runs
+    # One fleet (the one the unit runs), and the lab's admin credentials (its token and certificate).
+    assert sorted(listing) == ["admin-token", "daemon.yml", "short.fleet.yml", "tls.crt", "tls.key"]
+    for secret in ("/etc/wakegrid/admin-token", "/etc/wakegrid/tls.key"):
+        assert _vps(daemon, "stat", "-c", "%a", secret).stdout.strip() == "600"
     fleet = parse_fleet(daemon.fleet.read_text())
     named = [fleet.defaults.ssh.private_key_file, fleet.nodes["pve1"].proxmox.token_secret.file]
     for path in named:
@@ -227,32 +229,39 @@ def test_caddy_admin_socket_and_wireguard_dump_are_local(daemon, installed):
 # --------------------------------------------------------------------------- the service
 
 
-def _healthz(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
-        assert response.status == 200
-        return json.loads(response.read())
+def _healthz(daemon) -> dict:
+    status, body = daemon.request("/healthz", token=False, timeout=5)
+    assert status == 200, body
+    return json.loads(body)
 
 
 def test_the_service_starts_answers_from_the_controller_survives_kill_and_stops(daemon, installed):
     if daemon.exec(["/opt/wakegrid/bin/wakegrid", "daemon", "--help"]).returncode:
         pytest.skip("the installed wakegrid has no `daemon` command yet")
-    url = daemon.url()
-    assert url == f"http://{daemon.lab.fleet.edge.address}:9380"
+    # The lab's default config: HTTPS with the lab's own certificate, the controller an admin network.
+    assert daemon.url() == f"https://{daemon.lab.fleet.edge.address}:9380"
     started = time.monotonic()
     daemon.start()
     print(f"\nstart: {time.monotonic() - started:.1f}s to listening")
-    health = _healthz(url)
+    health = _healthz(daemon)
     assert health.get("dry_run") is True, health
     assert daemon.logs(20), "no log line from the daemon"
+    # The API wants the installed token; the controller is inside the admin networks.
+    assert daemon.request("/api/status", token=False)[0] == 401
+    status, body = daemon.request("/api/status")
+    assert status == 200, body
+    assert {s["name"] for s in json.loads(body)} == set(parse_fleet(daemon.fleet.read_text()).services)
+    assert daemon.request("/metrics", token=False)[0] == 401
+    assert daemon.request("/metrics")[0] == 200
 
     daemon.kill()
     state = daemon.state()
     assert state["ActiveState"] in ("failed", "inactive") and state["Result"] == "signal", state
     with pytest.raises(OSError):
-        _healthz(url)
+        _healthz(daemon)
 
     daemon.start()  # Restart=no: only this brings it back
-    _healthz(url)
+    _healthz(daemon)
     daemon.stop()
     assert not daemon.is_active()
     with pytest.raises(LabError, match="not running"):

@@ -72,9 +72,11 @@ def collection_root() -> Path:
     """The wakegrid.fleet collection: ``WAKEGRID_COLLECTION``, else the checkout holding this package."""
     given = os.environ.get("WAKEGRID_COLLECTION")
     root = Path(given) if given else Path(__file__).resolve().parents[3]
-    if not (root / "galaxy.yml").is_file() or not (root / "playbooks").is_dir():
+    # galaxy.yml in a checkout, MANIFEST.json in an installed collection (ansible-galaxy collection install)
+    described = (root / "galaxy.yml").is_file() or (root / "MANIFEST.json").is_file()
+    if not described or not (root / "playbooks").is_dir():
         raise FileNotFoundError(
-            f"the wakegrid.fleet collection is not at {root} (no galaxy.yml and playbooks/): "
+            f"the wakegrid.fleet collection is not at {root} (no galaxy.yml or MANIFEST.json, and playbooks/): "
             "set WAKEGRID_COLLECTION to its directory"
         )
     return root

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from wakegrid.model import Problem, _reason, format_path, parse_duration
+from wakegrid.model import FilePath, Problem, SecretValue, _reason, format_path, parse_duration
 from wakegrid.observe.activity import Monitoring as ActivityMonitoring
 from wakegrid.web.chain import networks
 from wakegrid.yamlsource import YamlSyntaxError, load_yaml
@@ -79,6 +79,43 @@ def _networks(value: Any) -> Any:
     return value
 
 
+class WakeRate(_Strict):
+    """How many wakes one end-user client may ask for: ``requests`` per ``per``, refilled steadily."""
+
+    requests: int = Field(120, ge=1, le=100_000)
+    per: Duration = Field(60.0, le=86400.0)
+
+
+class Admin(_Strict):
+    """Who may use the API, the dashboard, the docs and the metrics (docs/security.md)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    # A secret exactly as in the fleet: a string, {env: VAR}, {file: PATH} (beside this file when
+    # relative) or !vault. None: every admin request is refused; the wake path is unaffected.
+    token: SecretValue | None = None
+    # /api, /admin, /docs, /redoc, /openapi.json and /metrics answer only clients in these (addresses or
+    # CIDRs), whatever their token: 403 to anyone else. Empty: nobody.
+    networks: Annotated[list[str], BeforeValidator(_networks)] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # True: reads (GET) from inside the networks need no token; changes always do.
+    anonymous_read: bool = False
+    wake_rate: WakeRate = WakeRate()
+    session_ttl: Duration = Field(12 * 3600.0, le=30 * 86400.0)
+
+    @model_validator(mode="after")
+    def _name_the_token(self) -> Admin:
+        if self.token is not None:
+            self.token.where = "admin.token"  # a token that cannot be read is named, never shown
+        return self
+
+
+class Tls(_Strict):
+    """The daemon serves HTTPS with this certificate (PEM, chain first) and its unencrypted key."""
+
+    cert: FilePath
+    key: FilePath
+
+
 class DaemonConfig(_Strict):
     listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9380"
     # The wake path (docs/wake-on-demand.md): the X-Wakegrid-* headers are trusted only from these
@@ -108,6 +145,8 @@ class DaemonConfig(_Strict):
     monitoring: Monitoring = Monitoring()
     journal: Journal = Journal()
     log_format: Literal["json", "text"] = "json"
+    admin: Admin = Admin()
+    tls: Tls | None = None
 
 
 class ConfigError(ValueError):
@@ -138,7 +177,8 @@ def load_config(path: str | Path | None) -> DaemonConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [Problem("", "the config file must be a mapping (listen, interval, caddy, …)", 1)])
     try:
-        return DaemonConfig.model_validate(data)
+        # Relative secret files and TLS paths are read beside the config file, as the fleet's are.
+        return DaemonConfig.model_validate(data, context={"base_dir": Path(path).resolve().parent})
     except ValidationError as exc:
         problems = [
             Problem(format_path(tuple(e["loc"])), _reason(e), document.line_of(tuple(e["loc"]))) for e in exc.errors()

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from wakegrid.actuate.service import Actuator
 from wakegrid.bus import EventBus
@@ -101,6 +102,8 @@ class Reconciler:
         self._pools_pushing: dict[str, tuple[str, ...]] = {}
         self._last_power: dict[str, str] = {}
         self.outcomes: list[str] = []  # "done: start jellyfin", "failed: …": what `reconcile --once` prints
+        # The request path's wakes in progress (service → wakegrid.web.wake.Wake), set by the HTTP app.
+        self.wakes: Mapping[str, Any] = {}
 
     # ------------------------------------------------------------------ the entry points
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,7 +48,43 @@ def open_store(state_dir: str | Path) -> SqliteStore:
     return SqliteStore(directory / JOURNAL_FILE)
 
 
+def tls_problem(config: DaemonConfig) -> str | None:
+    """Why the configured certificate and key cannot serve HTTPS (naming the key and the file); None if they can."""
+    tls = config.tls
+    if tls is None:
+        return None
+    for key, path, marker, what in (
+        ("tls.cert", tls.cert, b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+        ("tls.key", tls.key, b"PRIVATE KEY-----", "a PEM private key"),
+    ):
+        try:
+            content = Path(path).read_bytes()
+        except OSError as exc:
+            return f"{key}: cannot read {path}: {exc.strerror or exc}"
+        if marker not in content:
+            return f"{key}: {path} is not {what}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def no_passphrase() -> str:
+        # Never a prompt on a terminal nobody watches: an encrypted key is refused.
+        raise ValueError("is encrypted: the daemon needs it unencrypted")
+
+    try:
+        context.load_cert_chain(tls.cert, tls.key, password=no_passphrase)
+    except ValueError as exc:
+        return f"tls.key: {tls.key} {exc}"
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"tls.key: {tls.key} is not the key of {tls.cert}"
+        return f"tls: {tls.cert} and {tls.key} are not a PEM certificate and its key ({exc.reason or exc})"
+    return None
+
+
 async def serve(fleet: str | Path, config: DaemonConfig, state_dir: str | Path, *, dry_run: bool = False) -> int:
+    problem = tls_problem(config)
+    if problem is not None:
+        log.error("cannot serve HTTPS", extra={"fields": {"error": problem}})
+        return 1
     store = open_store(state_dir)
     reconciler = Reconciler(fleet, config, store, dry_run=dry_run)
     for action in store.interrupt_unfinished():
@@ -72,6 +109,8 @@ async def serve(fleet: str | Path, config: DaemonConfig, state_dir: str | Path, 
             access_log=False,
             # The TCP peer is what edge_addresses checks: uvicorn must not replace it with X-Forwarded-For.
             proxy_headers=False,
+            ssl_certfile=config.tls.cert if config.tls else None,
+            ssl_keyfile=config.tls.key if config.tls else None,
         )
     )
     scheduler = AsyncIOScheduler(timezone=UTC)
@@ -116,6 +155,7 @@ async def serve(fleet: str | Path, config: DaemonConfig, state_dir: str | Path, 
             "fields": {
                 "fleet": str(fleet),
                 "listen": config.listen,
+                "https": config.tls is not None,
                 "state_dir": str(state_dir),
                 "interval": config.interval,
                 "dry_run": dry_run,

@@ -87,7 +87,8 @@ def add_daemon_commands(sub) -> None:
         ("restart", "restart it and wait until it listens"),
         ("status", "systemd's status of the unit (exit 3 when not running)"),
         ("kill", "SIGKILL the daemon and its playbook runs (systemctl kill -s KILL)"),
-        ("url", "the daemon's HTTP address as seen from this machine"),
+        ("url", "the daemon's HTTP(S) address as seen from this machine"),
+        ("admin", "where the dashboard is, and the files of the lab's admin token and certificate"),
         ("logs", "the daemon's log lines of its current or last run"),
     ):
         p = actions.add_parser(name, help=text, description=text)
@@ -168,6 +169,13 @@ def run_daemon(args: argparse.Namespace) -> int:
         print(daemon.logs(args.lines, all_runs=args.all))
     elif action == "url":
         print(daemon.url())
+    elif action == "admin":
+        from wakegrid.lab.daemon import lab_credentials
+
+        credentials = lab_credentials(daemon.lab)
+        print(f"dashboard:   {daemon.url()}/admin  (API: {daemon.url()}/docs)")
+        print(f"token:       {credentials.token_file}  (the login; Authorization: Bearer for the API)")
+        print(f"certificate: {credentials.cert}  (self-signed: curl --cacert, or accept it in the browser)")
     return 0
 
 

@@ -17,17 +17,22 @@ import hashlib
 import io
 import itertools
 import json
+import secrets
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import yaml
 from pydantic import BaseModel
 
 from wakegrid.lab.image import CACHE_DIR
@@ -35,7 +40,7 @@ from wakegrid.lab.runtime import DOCKER_CLI, Lab, LabError, Log
 from wakegrid.model import Fleet, parse_fleet
 from wakegrid.secret import Secret
 
-__all__ = ["DEFAULT_PORT", "InstallReport", "LabDaemon"]
+__all__ = ["DEFAULT_PORT", "InstallReport", "LabDaemon", "admin_section", "lab_credentials"]
 
 VENV = "/opt/wakegrid"
 COLLECTION = f"{VENV}/collection"
@@ -49,6 +54,12 @@ STATE_DIR = "/var/lib/wakegrid"
 UNIT = "wakegrid.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
 ANSIBLE_CFG = "/etc/ansible/ansible.cfg"
+# The lab's admin token and the daemon's self-signed certificate: made once on the controller (under
+# the lab cache), installed with every install, so any config may name them.
+ADMIN_TOKEN = f"{ETC}/admin-token"
+TLS_CERT = f"{ETC}/tls.crt"
+TLS_KEY = f"{ETC}/tls.key"
+CREDENTIALS_DIR = CACHE_DIR / "daemon"
 INCOMING = "/var/cache/wakegrid/incoming"  # wheels in transit, removed once installed
 DEFAULT_PORT = 9380
 WHEELS_DIR = CACHE_DIR / "wheels"
@@ -144,12 +155,16 @@ class LabDaemon:
             raise LabError(f"{fleet_path}: a fleet file's name must end in .fleet.yml (the inventory plugin's rule)")
         fleet_text = _read(fleet_path, "fleet file")
         fleet = parse_fleet(fleet_text, source=str(fleet_path))  # FleetError lists every problem
-        config_text = _daemon_config(config_path, self.lab.fleet)
+        config_text = _daemon_config(config_path, self.lab)
         remote_fleet = f"{ETC}/{fleet_path.name}"
         report = InstallReport(fleet=remote_fleet)
         files = {remote_fleet: (fleet_text.encode(), 0o644), CONFIG: (config_text.encode(), 0o644)}
         for source, destination in fleet_files(fleet, fleet_path):
             files[destination] = (Path(source).read_bytes(), 0o600)
+        credentials = lab_credentials(self.lab)
+        files[ADMIN_TOKEN] = (credentials.token_file.read_bytes(), 0o600)
+        files[TLS_CERT] = (credentials.cert.read_bytes(), 0o644)
+        files[TLS_KEY] = (credentials.key.read_bytes(), 0o600)
         for missing in unavailable_secrets(fleet):
             report.notes.append(missing)
         files[UNIT_PATH] = (unit_text(remote_fleet, _stop_grace(config_text), dry_run).encode(), 0o644)
@@ -292,7 +307,9 @@ class LabDaemon:
         return _listen_of(text, CONFIG)
 
     def url(self) -> str:
-        """The daemon's HTTP address as seen from the controller."""
+        """The daemon's HTTP(S) address as seen from the controller."""
+        text = self._check(["cat", CONFIG], f"reading {CONFIG}").stdout if self._installed() else ""
+        scheme = "https" if _config_of(text).get("tls") else "http"
         host, _, port = self.listen().rpartition(":")
         host = host.strip("[]")
         if host in ("0.0.0.0", "::", ""):
@@ -302,11 +319,32 @@ class LabDaemon:
                 f"the daemon listens on {host}:{port} inside {self.host} only: the controller cannot "
                 f"reach it (set listen: {self.lab.fleet.edge.address}:{port} in its config)"
             )
-        return f"http://{host}:{port}"
+        return f"{scheme}://{host}:{port}"
+
+    def request(
+        self, path: str, *, method: str = "GET", body: bytes | None = None, token: bool = True, timeout: float = 10
+    ) -> tuple[int, bytes]:
+        """A request from the controller: (status, body); with the lab's admin token unless ``token=False``."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {lab_credentials(self.lab).token}"
+        request = urllib.request.Request(self.url() + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context()) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the lab daemon's own certificate (and only it)."""
+        return ssl.create_default_context(cafile=str(lab_credentials(self.lab).cert))
+
+    def _installed(self) -> bool:
+        return self.exec(["test", "-f", CONFIG]).returncode == 0
 
     def _wait_listening(self, timeout: float) -> None:
         try:
-            address = self.url().removeprefix("http://")
+            address = self.url().split("://", 1)[1]
         except LabError:
             address = None  # not reachable from here: being active for a moment is all we can see
         host, _, port = (address or "").rpartition(":")
@@ -406,14 +444,15 @@ def _install_script(*, requirements: bool, package: bool, package_wheel: str, fl
     return "\n".join(lines)
 
 
-def _daemon_config(path: str | Path | None, lab_fleet: Fleet) -> str:
+def _daemon_config(path: str | Path | None, lab: Lab) -> str:
     """The daemon config to install: the given file (validated), else the lab's default."""
     if path is None:
         # Every address: the edge's Caddy hands sleeping services' requests over on 127.0.0.1 (the only
-        # edge address trusted: edge_addresses' default), the controller reads /metrics on the WAN address.
-        return (
-            f"# Written by `wakegrid lab daemon install` (no --config given): the lab's default.\n"
-            f'listen: "0.0.0.0:{DEFAULT_PORT}"\n'
+        # edge address trusted: edge_addresses' default), the controller uses the API and the dashboard
+        # on the WAN address, over HTTPS (the dashboard's session cookie is Secure).
+        config = {"listen": f"0.0.0.0:{DEFAULT_PORT}", "admin": admin_section(lab), "tls": TLS_SECTION}
+        return "# Written by `wakegrid lab daemon install` (no --config given): the lab's default.\n" + yaml.safe_dump(
+            config, sort_keys=False
         )
     text = _read(Path(path), "daemon config")
     try:
@@ -428,8 +467,6 @@ def _daemon_config(path: str | Path | None, lab_fleet: Fleet) -> str:
 
 
 def _stop_grace(config_text: str) -> float:
-    import yaml
-
     try:
         data = yaml.safe_load(config_text) or {}
         from wakegrid.daemon.config import DaemonConfig
@@ -439,14 +476,16 @@ def _stop_grace(config_text: str) -> float:
         return 30.0
 
 
-def _listen_of(text: str, source: str) -> str:
-    import yaml
-
+def _config_of(text: str, source: str = CONFIG) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise LabError(f"{source} in the edge is not valid YAML: {exc}") from None
-    listen = data.get("listen") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _listen_of(text: str, source: str) -> str:
+    listen = _config_of(text, source).get("listen")
     if listen is None:
         try:
             from wakegrid.daemon.config import DaemonConfig
@@ -671,3 +710,75 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- the lab's admin credentials
+
+TLS_SECTION = {"cert": TLS_CERT, "key": TLS_KEY}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token_file: Path
+    cert: Path
+    key: Path
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+
+def admin_section(lab: Lab) -> dict:
+    """The ``admin:`` config of a lab daemon: the lab's token, and this controller among the admin networks."""
+    controller = lab.plan.network("wan").gateway  # what the edge sees of this machine
+    return {"token": {"file": ADMIN_TOKEN}, "networks": ["127.0.0.0/8", "::1", f"{controller}/32"]}
+
+
+def lab_credentials(lab: Lab) -> Credentials:
+    """The admin token and the daemon's certificate (for the edge's addresses), made on first use."""
+    directory = CREDENTIALS_DIR
+    credentials = Credentials(directory / "admin-token", directory / "tls.crt", directory / "tls.key")
+    if all(p.exists() for p in (credentials.token_file, credentials.cert, credentials.key)):
+        return credentials
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    edge = lab.plan.host(lab.fleet.edge.host)
+    addresses = {a for a in (lab.fleet.edge.address, edge.address, "127.0.0.1") if a}
+    key_pem, cert_pem = _self_signed(lab.fleet.edge.host, sorted(addresses))
+    for path, content in ((credentials.key, key_pem), (credentials.cert, cert_pem)):
+        path.write_bytes(content)
+        path.chmod(0o600)
+    credentials.token_file.write_text(secrets.token_urlsafe(32) + "\n")
+    credentials.token_file.chmod(0o600)
+    return credentials
+
+
+def _self_signed(name: str, addresses: list[str]) -> tuple[bytes, bytes]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"wakegrid daemon on {name} (lab)")])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names = [x509.DNSName(name), *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses)]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -391,6 +392,11 @@ class WakeDesk:
         self.reconciler = reconciler
         config = reconciler.config
         self.edges = networks(config.edge_addresses)
+        # Imported here: security.py answers with this module's problem(), so it imports this module.
+        from wakegrid.api.security import RateLimiter
+
+        # Wakes each end-user client may ask for (admin.wake_rate); 429 past it.
+        self.rate = RateLimiter(config.admin.wake_rate.requests, config.admin.wake_rate.per)
         self.wakes: dict[str, Wake] = {}
         # service → (when, index, backend) the wake's own probe found healthy, before any round saw it
         self.proven: dict[str, tuple[float, int, Backend]] = {}
@@ -667,6 +673,9 @@ class WakePath:
         if path.startswith(RESERVED):
             return await self._reserved(request, service, client, path.removeprefix(RESERVED))
         desk = self.desk
+        # Only requests that would wait on a wake count: a service already up is served as usual.
+        if not desk.healthy_backends(service) and (refusal := self._rate_limited(service, client)) is not None:
+            return refusal
         page = wants_page(request.method, request.headers.get("accept"))
         body = b"" if page else await read_body(request, desk.reconciler.config.max_held_body)
         if body is None:
@@ -692,6 +701,26 @@ class WakePath:
         if page:
             return await self._page(request, service, client)
         return await self._hold(request, service, client, body)
+
+    def _rate_limited(self, service: str, client: str) -> Response | None:
+        """The 429 for a client past its wake rate (admin.wake_rate); None while it is within."""
+        wait = self.desk.rate.allow(client)
+        if wait is None:
+            return None
+        rate = self.desk.reconciler.config.admin.wake_rate
+        seconds = retry_after(wait, 0.0, cap=math.ceil(rate.per))
+        log.warning(
+            "wake refused: too many requests from this client",
+            extra={"fields": {"service": service, "client": client, "retry_after": seconds}},
+        )
+        return problem(
+            429,
+            "Too Many Requests",
+            f"{client} asked for more than {rate.requests} wakes in {rate.per:g} s: try again in {seconds} s",
+            kind="rate-limited",
+            headers={"Retry-After": str(seconds)},
+            service=service,
+        )
 
     async def _page(self, request: Request, service: str, client: str) -> Response:
         wake = await self.desk.join(service, client, f"browser {request.method}")
@@ -844,7 +873,9 @@ class WakePath:
             await send({"type": "websocket.close", "code": 1008})
             return
         service, client = admitted
-        await self.desk.join(service, client, "WebSocket upgrade")
+        limited = not self.desk.healthy_backends(service) and self._rate_limited(service, client) is not None
+        if not limited:
+            await self.desk.join(service, client, "WebSocket upgrade")
         await send({"type": "websocket.close", "code": 1013})  # try again later
 
 
