@@ -381,6 +381,7 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (_schema_v1, _schema_v2)
 
 PIN_KINDS = ("node", "service")
+INT_MAX = 2**63 - 1  # the largest integer SQLite (and PostgreSQL's bigint) stores
 
 
 # --------------------------------------------------------------------------- helpers
@@ -404,6 +405,8 @@ def _dt(text: str | None) -> datetime | None:
 def _nonnegative(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer ≥ 0, not {value!r}")
+    if value > INT_MAX:
+        raise ValueError(f"{name} must be at most {INT_MAX}, not {value}")
     return value
 
 

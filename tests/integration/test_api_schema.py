@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback import loopback_edge
 from support import free_port, wait_for
 
 WAKEGRID = [sys.executable, "-m", "wakegrid.cli"]
@@ -28,14 +29,7 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 
 def _fleet() -> dict:
     return {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {
             "gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"},
             "nas": {"kind": "machine", "site": "home", "address": "127.0.0.3", "mac": "52:54:00:00:00:03"},

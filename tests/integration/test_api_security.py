@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from loopback import loopback_edge
 from support import free_port, wait_for
 
 WAKEGRID = [sys.executable, "-m", "wakegrid.cli"]
@@ -48,14 +49,7 @@ UNSERVED = ["/redoc", "/api/no-such-route", "/admin/no-such-page", "/docs/oauth2
 
 def _fleet(closed_port: int) -> dict:
     return {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {
             "gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"},
             "pve": {

@@ -38,6 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import support  # the helper next to this file, whatever the rootdir or import mode
+from loopback import loopback_edge
 from support import free_port, wait_for
 from test_discovered_apis import DockerRelay  # one home for "the host's Docker Engine on a loopback TCP port"
 from test_wake_request_path import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, WAKEGRID, _playwright
@@ -50,14 +51,7 @@ BOX = f"wg-dash-{RUN_ID}-box"
 
 def _fleet(ssh_port: int, docker_url: str, backend_port: int) -> dict:
     return {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {
             "gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"},
             "dock": {

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback import loopback_edge
 
 from wakegrid.lab import pve
 from wakegrid.model import parse_fleet
@@ -116,14 +117,7 @@ def _fleet(apis: dict, tmp_path: Path) -> object:
         (tmp_path / f"{member}-token").write_text(apis["secret"])
     proxmox = {"token_id": TOKEN_ID, "verify_tls": False, "cluster": "c1"}
     document = {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {
             "gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"},
             # First in the file, and its API is closed: the cluster answers through pve1.

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from loopback import loopback_edge
 from support import free_port, wait_for
 
 from wakegrid.journal import SqliteStore
@@ -55,14 +56,7 @@ EDGE_HEADERS = {"X-Wakegrid-Service": "app", "X-Wakegrid-Client": "127.0.0.1", "
 
 def _fleet(ssh_port: int, app_port: int) -> dict:
     return {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {
             "gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"},
             "srv": {

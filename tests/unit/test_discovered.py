@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
+from loopback import loopback_edge
 
 from wakegrid.model import parse_fleet
 from wakegrid.observe.discovered import collection_module, discover, fleet_nodes
@@ -26,14 +27,7 @@ def _closed_port() -> int:
 
 def _fleet(tmp_path: Path, nodes: dict) -> object:
     document = {
-        "plugin": "wakegrid.fleet.fleet",
-        "edge": {
-            "host": "vps",
-            "address": "127.0.0.1",
-            "domain": "loop.test",
-            "wireguard": {"address": "10.250.0.1/24", "endpoint": "127.0.0.1:51820"},
-        },
-        "sites": {"home": {"gateway": "gw", "wireguard": {"address": "10.250.1.1/24"}}},
+        **loopback_edge(),
         "nodes": {"gw": {"kind": "machine", "site": "home", "address": "127.0.0.1"}, **nodes},
     }
     return parse_fleet(yaml.safe_dump(document), source="t.fleet.yml", base_dir=tmp_path)

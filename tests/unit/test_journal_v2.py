@@ -76,6 +76,7 @@ def test_pins_are_kept_in_order_once_each_and_survive_a_reopen(store, path):
         (lambda s: s.pin("node", ""), r"name must be a non-empty string"),
         (lambda s: s.decisions(limit=-1), r"limit must be an integer ≥ 0, not -1"),
         (lambda s: s.wakes(offset=-5), r"offset must be an integer ≥ 0, not -5"),
+        (lambda s: s.boots(offset=2**70), r"offset must be at most 9223372036854775807, not 1180591620717411303424"),
         (lambda s: s.boots(since=datetime(2026, 3, 1)), r"aware datetimes"),
         (lambda s: s.wakes(since=at(10), until=at(5)), r"until \(.*\) is before since \(.*\)"),
         (lambda s: s.decisions(since=at(10), until=at(5)), r"is before since"),

@@ -59,7 +59,8 @@ HEARTBEAT = 15.0  # seconds between comments on an idle event stream (proxies ke
 Read = Annotated[Access, Depends(read_access)]
 Admin = Annotated[Access, Depends(admin_access)]
 Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description=f"rows per page (at most {PAGE_MAX})")]
-Offset = Annotated[int, Query(ge=0, description="rows to skip (newest first)")]
+SQL_INT_MAX = 2**63 - 1  # the journal's integers (SQLite, PostgreSQL bigint)
+Offset = Annotated[int, Query(ge=0, le=SQL_INT_MAX, description="rows to skip (newest first)")]
 Since = Annotated[datetime | None, Query(description="ISO 8601; rows at or after")]
 Until = Annotated[datetime | None, Query(description="ISO 8601; rows before")]
 
@@ -90,11 +91,16 @@ def _unknown(kind: str, name: str, known: Any) -> Response:
     return problem(404, "Not Found", f"no {kind} named {name!r} (the fleet's: {names})", kind=f"unknown-{kind}")
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """Query times without a zone are UTC."""
-    if moment is not None and moment.tzinfo is None:
+def _utc(name: str, moment: datetime | None) -> datetime | None:
+    """A query time in UTC (without a zone it is UTC); ValueError naming the parameter when it cannot be."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: {moment.isoformat()} is outside the calendar once moved to UTC") from None
 
 
 def _dry_run(reconciler: Reconciler) -> Response | None:
@@ -290,7 +296,7 @@ async def stop(request: Request, node: str, access: Admin, body: Annotated[StopR
 
 
 @router.get("/actions/{action_id}", response_model=ActionView, responses=PROBLEMS)
-def action(request: Request, action_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)], _: Read) -> Any:
+def action(request: Request, action_id: Annotated[int, PathParam(ge=1, le=SQL_INT_MAX)], _: Read) -> Any:
     """One action and its events (plan, steps, boot, outcome), as the journal has them."""
     try:
         row = _reconciler(request).store.action(action_id)
@@ -393,8 +399,9 @@ def decisions(
 ) -> Any:
     """The decision log, newest first: each row a change of a subject's verdict or reason."""
     try:
+        since, until = _utc("since", since), _utc("until", until)
         rows = _reconciler(request).store.decisions(
-            limit=limit + 1, offset=offset, subject=subject, verdict=verdict, since=_aware(since), until=_aware(until)
+            limit=limit + 1, offset=offset, subject=subject, verdict=verdict, since=since, until=until
         )
     except ValueError as exc:
         return problem(422, "Unprocessable Content", str(exc), kind="invalid-query")
@@ -420,8 +427,8 @@ def history(
 ) -> Any:
     """Wakes (time to ready), boots (time to up) and actions, newest first, filtered and paged."""
     store = _reconciler(request).store
-    since, until = _aware(since), _aware(until)
     try:
+        since, until = _utc("since", since), _utc("until", until)
         wakes = store.wakes(limit, offset, service, since, until) if kind in (None, "wake") else []
         boots = store.boots(limit, offset, node, since, until) if kind in (None, "boot") and not service else []
         actions = (

@@ -38,6 +38,12 @@ def stream_seconds(query: str) -> int:
     return int(text)
 
 
+class _Server(ThreadingHTTPServer):
+    # A woken service gets every held request at once (the reconciler delivers them together):
+    # socketserver's listen backlog of 5 would drop most of a burst of 50 connections.
+    request_queue_size = 128
+
+
 def make_handler(service: str, node: str, site: str, health: str):
     class Handler(BaseHTTPRequestHandler):
         server_version = "wakegrid-lab-app/1"
@@ -116,7 +122,7 @@ def main(argv=None):
     for spec in serve:
         service, port, health = spec.split(":", 2)
         handler = make_handler(service, args.node, args.site, health or "/health")
-        server = ThreadingHTTPServer(("0.0.0.0", int(port)), handler)
+        server = _Server(("0.0.0.0", int(port)), handler)
         servers.append(server)
         print(f"serving {service} on :{port} (health {health}) as {args.node}@{args.site}", flush=True)
     for server in servers[1:]:
