@@ -45,7 +45,7 @@ from wakegrid.api.security import Access, admin_access, read_access
 from wakegrid.daemon.logs import get_logger
 from wakegrid.graph import start_plan, stop_plan
 from wakegrid.observe.discovered import discover
-from wakegrid.web.wake import _SSE_HEADERS, problem
+from wakegrid.web.wake import SSE_HEADERS, problem
 
 if TYPE_CHECKING:
     from wakegrid.daemon.reconciler import Reconciler
@@ -381,7 +381,7 @@ async def events(
         finally:
             subscription.close()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get("/decisions", response_model=DecisionPage, responses=PROBLEMS)

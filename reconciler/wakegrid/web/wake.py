@@ -863,7 +863,7 @@ class WakePath:
             finally:
                 wake.listeners -= 1
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket to a sleeping service: its wake starts (if allowed), the client is told to come back."""
@@ -879,14 +879,14 @@ class WakePath:
         await send({"type": "websocket.close", "code": 1013})  # try again later
 
 
-_SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def _sse_once(state: dict[str, Any]) -> Response:
     return Response(
         f"retry: 2000\n\nevent: state\ndata: {json.dumps(state)}\n\n",
         media_type="text/event-stream",
-        headers=_SSE_HEADERS,
+        headers=SSE_HEADERS,
     )
 
 
